@@ -1,0 +1,107 @@
+// Backend: the math the model needs, as plain functions over tensors. A Backend owns no model
+// state, so each op is testable alone and every device implements the same contract. The CPU
+// backend (cpu/) is the reference: it runs in f32 and f64 (f64 for finite-difference tests).
+//
+// Conventions: "=" outputs are overwritten, "+=" outputs are accumulated (parameter gradients).
+// Matrices are row-major; a tensor [..., K] used as a matrix is [numel / K, K].
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace mh {
+
+enum class ActKind { relu, gelu };
+
+// Arguments of multi-head scaled dot-product attention over a batch of padded sequences.
+// q rows are [B, Lq, H*dk] and k/v rows [B, Lk, H*dk]: heads interleaved, exactly the output of
+// the projections, so no transposes are needed.
+struct AttnArgs {
+  int64_t batch = 0, heads = 0, len_q = 0, len_k = 0, head_dim = 0;
+  const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key-padding mask); host
+  bool causal = false;               // query i sees keys j <= i
+  double scale = 0;                  // usually 1/sqrt(head_dim)
+};
+
+struct XentResult {
+  double loss_sum = 0;  // label-smoothed loss summed over non-pad tokens
+  double nll_sum = 0;   // plain negative log-likelihood summed over non-pad tokens
+  int64_t tokens = 0;   // non-pad tokens
+};
+
+struct Backend {
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // Tensors on this backend's device. Modules allocate through these, never directly.
+  virtual Tensor empty(const Shape& shape, DType dtype) = 0;
+  virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
+
+  // c = alpha * op(a) @ op(b) + beta * c;  op(x) = x or xᵀ. a, b, c viewed as 2-D matrices.
+  virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+                    double alpha, double beta) = 0;
+  // y[n, :] += bias  (y: [N, F], bias: [F])
+  virtual void add_bias(Tensor& y, const Tensor& bias) = 0;
+  // dbias += sum_n dy[n, :]
+  virtual void bias_grad(const Tensor& dy, Tensor& dbias) = 0;
+  // out = a + b (same shapes; out may alias a or b)
+  virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // x *= s
+  virtual void scale(Tensor& x, double s) = 0;
+  // dst = src (same shape and dtype, any devices this backend can reach)
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;
+
+  // LayerNorm over the last dim D. x, y: [N, D]; weight, bias: [D]; mean, rstd: [N] (f32/f64 as x).
+  virtual void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                             Tensor& y, Tensor& mean, Tensor& rstd) = 0;
+  // dx = ...; dweight += ...; dbias += ...
+  virtual void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                             const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                             Tensor& dbias) = 0;
+
+  // y = act(x); gelu is the exact erf form (PyTorch's default).
+  virtual void activation_fwd(ActKind kind, const Tensor& x, Tensor& y) = 0;
+  // dx = dy * act'(x)
+  virtual void activation_bwd(ActKind kind, const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
+
+  // Inverted dropout: keep with probability 1-p, scale kept values by 1/(1-p). The mask is a pure
+  // function of (seed, offset, element index) via Philox, so backward regenerates it.
+  virtual void dropout_fwd(const Tensor& x, double p, uint64_t seed, uint64_t offset,
+                           Tensor& y) = 0;
+  virtual void dropout_bwd(const Tensor& dy, double p, uint64_t seed, uint64_t offset,
+                           Tensor& dx) = 0;
+
+  // y[b, t, :] = table[ids[b, t], :] * scale + pe[t, :]   ids: [B, L] i32; table: [V, D];
+  // pe: [max_len, D]; y: [B, L, D]
+  virtual void embed_fwd(const Tensor& ids, const Tensor& table, const Tensor& pe, double scale,
+                         Tensor& y) = 0;
+  // dtable[ids[b, t], :] += scale * dy[b, t, :]
+  virtual void embed_bwd(const Tensor& ids, const Tensor& dy, double scale, Tensor& dtable) = 0;
+
+  // out = softmax(q kᵀ * scale + mask) v per (batch, head).  q, out: [B, Lq, H*dk];
+  // k, v: [B, Lk, H*dk]; probs: [B, H, Lq, Lk] saved for backward (masked entries 0).
+  virtual void attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                             Tensor& out, Tensor& probs) = 0;
+  // dq, dk, dv = ... (overwritten)
+  virtual void attention_bwd(const AttnArgs& a, const Tensor& dout, const Tensor& q,
+                             const Tensor& k, const Tensor& v, const Tensor& probs, Tensor& dq,
+                             Tensor& dk, Tensor& dv) = 0;
+
+  // Label-smoothed cross-entropy with PyTorch's semantics
+  // (F.cross_entropy(logits, labels, ignore_index=pad, label_smoothing=eps), sums returned).
+  // logits: [N, V]; labels: [N] i32. If dlogits is defined, it receives
+  // d(loss_sum * grad_scale)/dlogits (pad rows 0).
+  virtual XentResult softmax_xent(const Tensor& logits, const Tensor& labels, int64_t pad_id,
+                                  double smoothing, double grad_scale, Tensor* dlogits) = 0;
+
+  // Sum of squares of x (for the global gradient norm).
+  virtual double sum_squares(const Tensor& x) = 0;
+  // Adam with bias correction (and decoupled weight decay when wd > 0), step >= 1:
+  // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²; p -= lr * (m̂ / (sqrt(v̂) + eps) + wd p)
+  virtual void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr,
+                         double beta1, double beta2, double eps, double weight_decay, int64_t step,
+                         double grad_scale) = 0;
+};
+
+}  // namespace mh

@@ -1,0 +1,63 @@
+#include "model/attention.h"
+
+#include <cmath>
+
+namespace mh {
+
+MultiHeadAttention::MultiHeadAttention(Backend& be, const std::string& name, int64_t d_model,
+                                       int64_t heads, DType dtype)
+    : q_proj(be, name + ".q_proj", d_model, d_model, dtype),
+      k_proj(be, name + ".k_proj", d_model, d_model, dtype),
+      v_proj(be, name + ".v_proj", d_model, d_model, dtype),
+      o_proj(be, name + ".o_proj", d_model, d_model, dtype),
+      d_model_(d_model),
+      heads_(heads) {
+  MH_CHECK(d_model % heads == 0, "d_model ", d_model, " heads ", heads);
+}
+
+Tensor MultiHeadAttention::forward(Ctx& ctx, const Tensor& x_q, const Tensor& x_kv,
+                                   const AttnMask& mask) {
+  const int64_t b = x_q.dim(0), lq = x_q.dim(1), lk = x_kv.dim(1);
+  MH_CHECK(x_kv.dim(0) == b && static_cast<int64_t>(mask.key_len.size()) == b,
+           "attention batch sizes");
+  mask_ = mask;
+  args_ = AttnArgs{b,
+                   heads_,
+                   lq,
+                   lk,
+                   d_model_ / heads_,
+                   mask_.key_len.data(),
+                   mask.causal,
+                   1.0 / std::sqrt(static_cast<double>(d_model_ / heads_))};
+  q_ = q_proj.forward(ctx, x_q);   // [B, Lq, D]
+  k_ = k_proj.forward(ctx, x_kv);  // [B, Lk, D]
+  v_ = v_proj.forward(ctx, x_kv);  // [B, Lk, D]
+  Tensor att = ctx.be.empty(q_.shape(), q_.dtype());
+  probs_ = ctx.be.empty({b, heads_, lq, lk}, q_.dtype());
+  ctx.be.attention_fwd(args_, q_, k_, v_, att, probs_);
+  return o_proj.forward(ctx, att);
+}
+
+std::pair<Tensor, Tensor> MultiHeadAttention::backward(Ctx& ctx, const Tensor& dy) {
+  Tensor datt = o_proj.backward(ctx, dy);
+  Tensor dq = ctx.be.empty(q_.shape(), dy.dtype());
+  Tensor dk = ctx.be.empty(k_.shape(), dy.dtype());
+  Tensor dv = ctx.be.empty(v_.shape(), dy.dtype());
+  args_.key_len = mask_.key_len.data();
+  ctx.be.attention_bwd(args_, datt, q_, k_, v_, probs_, dq, dk, dv);
+  q_ = k_ = v_ = probs_ = Tensor();
+  Tensor dx_q = q_proj.backward(ctx, dq);
+  Tensor dx_kv = k_proj.backward(ctx, dk);
+  Tensor dx_v = v_proj.backward(ctx, dv);
+  ctx.be.add(dx_kv, dx_v, dx_kv);  // k and v both read x_kv
+  return {dx_q, dx_kv};
+}
+
+void MultiHeadAttention::for_each_param(const ParamVisitor& f) {
+  q_proj.for_each_param(f);
+  k_proj.for_each_param(f);
+  v_proj.for_each_param(f);
+  o_proj.for_each_param(f);
+}
+
+}  // namespace mh

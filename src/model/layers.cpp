@@ -1,0 +1,116 @@
+#include "model/layers.h"
+
+namespace mh {
+
+Param make_param(Backend& be, std::string name, const Shape& shape, DType dtype) {
+  Param p;
+  p.name = std::move(name);
+  p.value = be.zeros(shape, dtype);
+  p.grad = be.zeros(shape, dtype);
+  return p;
+}
+
+// --- Linear ---------------------------------------------------------------------------------
+
+Linear::Linear(Backend& be, const std::string& name, int64_t in, int64_t out, DType dtype)
+    : weight(make_param(be, name + ".weight", {out, in}, dtype)),
+      bias(make_param(be, name + ".bias", {out}, dtype)) {}
+
+Tensor Linear::forward(Ctx& ctx, const Tensor& x) {
+  x_ = x;
+  Shape out_shape = x.shape();
+  out_shape.back() = weight.value.dim(0);
+  Tensor y = ctx.be.empty(out_shape, x.dtype());
+  ctx.be.gemm(x, false, weight.value, true, y, 1.0, 0.0);  // y = x Wᵀ
+  ctx.be.add_bias(y, bias.value);                          //   + b
+  return y;
+}
+
+Tensor Linear::backward(Ctx& ctx, const Tensor& dy) {
+  Tensor dx = ctx.be.empty(x_.shape(), dy.dtype());
+  ctx.be.gemm(dy, false, weight.value, false, dx, 1.0, 0.0);  // dx = dy W
+  ctx.be.gemm(dy, true, x_, false, weight.grad, 1.0, 1.0);    // dW += dyᵀ x
+  ctx.be.bias_grad(dy, bias.grad);                            // db += Σ_n dy
+  x_ = Tensor();
+  return dx;
+}
+
+void Linear::for_each_param(const ParamVisitor& f) {
+  f(weight);
+  f(bias);
+}
+
+// --- LayerNorm ------------------------------------------------------------------------------
+
+LayerNorm::LayerNorm(Backend& be, const std::string& name, int64_t dim, double eps, DType dtype)
+    : weight(make_param(be, name + ".weight", {dim}, dtype)),
+      bias(make_param(be, name + ".bias", {dim}, dtype)),
+      eps_(eps) {}
+
+Tensor LayerNorm::forward(Ctx& ctx, const Tensor& x) {
+  x_ = x;
+  Tensor y = ctx.be.empty(x.shape(), x.dtype());
+  mean_ = ctx.be.empty({x.rows2d()}, x.dtype());
+  rstd_ = ctx.be.empty({x.rows2d()}, x.dtype());
+  ctx.be.layernorm_fwd(x, weight.value, bias.value, eps_, y, mean_, rstd_);
+  return y;
+}
+
+Tensor LayerNorm::backward(Ctx& ctx, const Tensor& dy) {
+  Tensor dx = ctx.be.empty(x_.shape(), dy.dtype());
+  ctx.be.layernorm_bwd(dy, x_, weight.value, mean_, rstd_, dx, weight.grad, bias.grad);
+  x_ = mean_ = rstd_ = Tensor();
+  return dx;
+}
+
+void LayerNorm::for_each_param(const ParamVisitor& f) {
+  f(weight);
+  f(bias);
+}
+
+// --- Dropout --------------------------------------------------------------------------------
+
+Tensor Dropout::forward(Ctx& ctx, const Tensor& x) {
+  active_ = ctx.training && p_ > 0;
+  if (!active_) return x;
+  offset_ = ctx.next_dropout_offset();
+  Tensor y = ctx.be.empty(x.shape(), x.dtype());
+  ctx.be.dropout_fwd(x, p_, ctx.seed, offset_, y);
+  return y;
+}
+
+Tensor Dropout::backward(Ctx& ctx, const Tensor& dy) {
+  if (!active_) return dy;
+  Tensor dx = ctx.be.empty(dy.shape(), dy.dtype());
+  ctx.be.dropout_bwd(dy, p_, ctx.seed, offset_, dx);
+  return dx;
+}
+
+// --- FeedForward ----------------------------------------------------------------------------
+
+FeedForward::FeedForward(Backend& be, const std::string& name, int64_t d_model, int64_t d_ff,
+                         ActKind act, DType dtype)
+    : fc1(be, name + ".fc1", d_model, d_ff, dtype),
+      fc2(be, name + ".fc2", d_ff, d_model, dtype),
+      act_(act) {}
+
+Tensor FeedForward::forward(Ctx& ctx, const Tensor& x) {
+  h_ = fc1.forward(ctx, x);
+  Tensor a = ctx.be.empty(h_.shape(), h_.dtype());
+  ctx.be.activation_fwd(act_, h_, a);
+  return fc2.forward(ctx, a);
+}
+
+Tensor FeedForward::backward(Ctx& ctx, const Tensor& dy) {
+  Tensor da = fc2.backward(ctx, dy);
+  ctx.be.activation_bwd(act_, da, h_, da);  // in place: da becomes dh
+  h_ = Tensor();
+  return fc1.backward(ctx, da);
+}
+
+void FeedForward::for_each_param(const ParamVisitor& f) {
+  fc1.for_each_param(f);
+  fc2.for_each_param(f);
+}
+
+}  // namespace mh

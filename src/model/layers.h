@@ -1,0 +1,66 @@
+// The small layers: Linear, LayerNorm, Dropout, FeedForward. Each keeps what its backward needs.
+#pragma once
+
+#include "model/module.h"
+
+namespace mh {
+
+// y = x Wᵀ + b.  weight: [out, in], bias: [out] (PyTorch convention).
+class Linear {
+ public:
+  Linear(Backend& be, const std::string& name, int64_t in, int64_t out, DType dtype);
+  Tensor forward(Ctx& ctx, const Tensor& x);    // x: [N, in] -> [N, out]; keeps x
+  Tensor backward(Ctx& ctx, const Tensor& dy);  // -> dx [N, in]; dW += dyᵀ x; db += Σ_n dy
+  void for_each_param(const ParamVisitor& f);
+
+  Param weight, bias;
+
+ private:
+  Tensor x_;
+};
+
+// LayerNorm over the last dimension, with affine weight and bias.
+class LayerNorm {
+ public:
+  LayerNorm(Backend& be, const std::string& name, int64_t dim, double eps, DType dtype);
+  Tensor forward(Ctx& ctx, const Tensor& x);    // [N, D] -> [N, D]
+  Tensor backward(Ctx& ctx, const Tensor& dy);  // -> dx
+  void for_each_param(const ParamVisitor& f);
+
+  Param weight, bias;
+
+ private:
+  double eps_;
+  Tensor x_, mean_, rstd_;
+};
+
+// Inverted dropout; identity when not training or p == 0.
+class Dropout {
+ public:
+  explicit Dropout(double p) : p_(p) {}
+  Tensor forward(Ctx& ctx, const Tensor& x);
+  Tensor backward(Ctx& ctx, const Tensor& dy);
+
+ private:
+  double p_;
+  bool active_ = false;
+  uint64_t offset_ = 0;
+};
+
+// fc2(act(fc1(x))).
+class FeedForward {
+ public:
+  FeedForward(Backend& be, const std::string& name, int64_t d_model, int64_t d_ff, ActKind act,
+              DType dtype);
+  Tensor forward(Ctx& ctx, const Tensor& x);  // [N, D] -> [N, D]
+  Tensor backward(Ctx& ctx, const Tensor& dy);
+  void for_each_param(const ParamVisitor& f);
+
+  Linear fc1, fc2;
+
+ private:
+  ActKind act_;
+  Tensor h_;  // fc1 output, before the activation
+};
+
+}  // namespace mh

@@ -1,0 +1,41 @@
+// What every module shares: parameters with names, and the per-step context.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "backend/backend.h"
+
+namespace mh {
+
+// A named parameter and its gradient (same shape; backward accumulates into grad).
+struct Param {
+  std::string name;  // the checkpoint name, e.g. "encoder.layers.0.self_attn.q_proj.weight"
+  Tensor value;
+  Tensor grad;
+};
+using ParamVisitor = std::function<void(Param&)>;
+
+// Allocates value and a zeroed grad on the backend.
+Param make_param(Backend& be, std::string name, const Shape& shape, DType dtype);
+
+// Per-step state passed down through forward and backward: the backend, training mode and the
+// dropout stream. Dropout sites take consecutive offsets in forward order; each site remembers
+// its offset so backward regenerates the same mask.
+struct Ctx {
+  Backend& be;
+  bool training = false;
+  uint64_t seed = 0;  // dropout seed (train.seed)
+  uint64_t step = 0;  // micro-step counter: a fresh mask every forward
+  uint64_t site = 0;  // dropout sites used so far in this forward
+
+  explicit Ctx(Backend& backend) : be(backend) {}
+  uint64_t next_dropout_offset() { return (step << 24) | site++; }
+  void begin_forward(uint64_t micro_step) {
+    step = micro_step;
+    site = 0;
+  }
+};
+
+}  // namespace mh
