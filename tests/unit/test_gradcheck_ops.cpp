@@ -197,8 +197,9 @@ TEST_F(OpsTest, Attention) {
     for (int64_t b = 0; b < c.b; ++b)
       for (int64_t i = 0; i < c.lq; ++i)
         for (int64_t j = 0; j < c.lk; ++j)
-          if (j >= c.key_len[b] || (c.causal && j > i))
+          if (j >= c.key_len[b] || (c.causal && j > i)) {
             EXPECT_EQ(probs.item(((b * c.h) * c.lq + i) * c.lk + j), 0.0);
+          }
   }
 }
 

@@ -1,0 +1,179 @@
+#include "train/train_run.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/json.h"
+#include "data/batcher.h"
+#include "infer/greedy.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace mh {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string format_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  if (s >= 3600) return str(s / 3600, "h", (s % 3600) / 60, "m");
+  if (s >= 60) return str(s / 60, "m", s % 60, "s");
+  return str(s, "s");
+}
+
+// Creates out_dir and writes the effective config there (atomically).
+void prepare_out_dir(const Config& cfg) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(cfg.train.out_dir, ec);
+  if (ec) user_error("train.out_dir '", cfg.train.out_dir, "': cannot create (", ec.message(), ")");
+  const std::string path = cfg.train.out_dir + "/config.yaml", tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << "# effective config of this run (from " << cfg.source << ")\n" << config_to_yaml(cfg);
+    if (!f) user_error(tmp, ": cannot write");
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) user_error(path, ": cannot write (", ec.message(), ")");
+}
+
+std::string show(const ToyTask* toy, const std::vector<int32_t>& ids) {
+  if (toy) return toy->vocab().decode(ids);
+  std::string s;
+  for (int32_t id : ids) s += (s.empty() ? "" : " ") + std::to_string(id);
+  return s;
+}
+
+// The target's content tokens: without BOS and EOS.
+std::vector<int32_t> content(const std::vector<int32_t>& tgt, int32_t bos, int32_t eos) {
+  std::vector<int32_t> out;
+  for (int32_t t : tgt)
+    if (t != bos && t != eos) out.push_back(t);
+  return out;
+}
+
+// Greedy-decodes the held-out examples; prints a few; returns the exact-match accuracy.
+double decode_held_out(Trainer& trainer, const Config& cfg, const ToyTask* toy,
+                       const std::vector<Example>& valid, int shown) {
+  const int32_t bos = static_cast<int32_t>(cfg.data.bos_id);
+  const int32_t eos = static_cast<int32_t>(cfg.data.eos_id);
+  int64_t correct = 0;
+  int printed = 0;
+  std::vector<Batch> batches = batches_of(valid, 100, static_cast<int32_t>(cfg.model.pad_id));
+  size_t index = 0;
+  for (const Batch& b : batches) {
+    auto pred = greedy_decode(trainer.model(), trainer.backend(), b.input.src, b.input.src_len, bos,
+                              eos, cfg.model.max_len);
+    for (const auto& p : pred) {
+      const Example& ex = valid[index++];
+      const std::vector<int32_t> ref = content(ex.tgt, bos, eos);
+      const bool ok = p == ref;
+      correct += ok;
+      if (printed < shown) {
+        std::cout << "  " << show(toy, content(ex.src, bos, eos)) << "  ->  " << show(toy, p)
+                  << "   (reference: " << show(toy, ref) << ") " << (ok ? "ok" : "WRONG") << "\n";
+        ++printed;
+      }
+    }
+  }
+  return valid.empty() ? 0 : static_cast<double>(correct) / static_cast<double>(valid.size());
+}
+
+}  // namespace
+
+TrainSummary run_training(const Config& cfg) {
+  cpu_set_threads(static_cast<int>(cfg.train.threads));
+  // Everything that can fail on bad input happens before anything is written.
+  Dataset data = load_dataset(cfg.model, cfg.data);
+  CpuBackend be;
+  Trainer trainer(cfg, be);
+  trainer.init();
+  prepare_out_dir(cfg);
+
+  std::cout << "multihead train: " << cfg.source << " | " << trainer.model().num_params()
+            << " parameters | backend " << be.name() << " | " << cfg.train.steps << " steps | out "
+            << cfg.train.out_dir << "\n"
+            << "effective config:\n"
+            << config_to_yaml(cfg) << std::flush;
+
+  std::ofstream metrics(cfg.train.out_dir + "/metrics.jsonl");
+  if (!metrics) user_error(cfg.train.out_dir, "/metrics.jsonl: cannot write");
+  const std::vector<Batch> valid_batches =
+      batches_of(data.valid, cfg.data.batch_size, static_cast<int32_t>(cfg.model.pad_id));
+
+  TrainSummary summary;
+  const auto start = Clock::now();
+  auto window_start = start;
+  int64_t window_tokens = 0;
+  double window_loss = 0;
+  int64_t window_steps = 0;
+  for (int64_t s = 1; s <= cfg.train.steps; ++s) {
+    StepResult r = trainer.train_step([&] { return data.train.next_batch(); });
+    window_tokens += r.src_tokens + r.tgt_tokens;
+    window_loss += r.loss;
+    ++window_steps;
+    summary.final_loss = r.loss;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    metrics << "{\"step\": " << s << ", \"loss\": " << json_number(r.loss, "%.6g")
+            << ", \"nll\": " << json_number(r.nll, "%.6g")
+            << ", \"lr\": " << json_number(r.lr, "%.6g")
+            << ", \"grad_norm\": " << json_number(r.grad_norm, "%.6g")
+            << ", \"tgt_tokens\": " << r.tgt_tokens << ", \"src_tokens\": " << r.src_tokens
+            << ", \"elapsed_s\": " << json_number(elapsed, "%.3f") << "}\n";
+    if (s % cfg.train.log_every == 0 || s == cfg.train.steps) {
+      const auto now = Clock::now();
+      const double window_s = std::chrono::duration<double>(now - window_start).count();
+      const double tok_s = window_s > 0 ? window_tokens / window_s : 0;
+      const double eta = elapsed / s * (cfg.train.steps - s);
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "step %6lld/%lld | loss %7.4f | lr %.3e | %8.0f tok/s | elapsed %s | ETA %s",
+                    static_cast<long long>(s), static_cast<long long>(cfg.train.steps),
+                    window_loss / window_steps, r.lr, tok_s, format_duration(elapsed).c_str(),
+                    format_duration(eta).c_str());
+      std::cout << line << std::endl;
+      metrics.flush();
+      window_start = now;
+      window_tokens = 0;
+      window_loss = 0;
+      window_steps = 0;
+    }
+    if (cfg.train.eval_every > 0 && s % cfg.train.eval_every == 0 && s < cfg.train.steps &&
+        !valid_batches.empty()) {
+      EvalResult e = trainer.evaluate(valid_batches);
+      std::cout << "  valid: nll " << e.nll << " | loss " << e.loss << " | " << e.tokens
+                << " tokens\n";
+      metrics << "{\"step\": " << s << ", \"valid_nll\": " << json_number(e.nll, "%.6g")
+              << ", \"valid_loss\": " << json_number(e.loss, "%.6g") << "}\n";
+    }
+  }
+
+  if (!valid_batches.empty()) {
+    EvalResult e = trainer.evaluate(valid_batches);
+    summary.valid_nll = e.nll;
+    std::cout << "valid: nll " << e.nll << " | loss " << e.loss << " | " << e.tokens << " tokens\n";
+    if (data.toy) {
+      std::cout << "held-out examples (greedy decoding):\n";
+      summary.exact_match = decode_held_out(trainer, cfg, data.toy.get(), data.valid, 5);
+      std::printf("exact match: %.1f%% of %zu held-out examples\n", 100 * summary.exact_match,
+                  data.valid.size());
+    }
+    metrics << "{\"step\": " << cfg.train.steps << ", \"valid_nll\": " << json_number(e.nll, "%.6g")
+            << ", \"valid_loss\": " << json_number(e.loss, "%.6g");
+    if (summary.exact_match >= 0)
+      metrics << ", \"exact_match\": " << json_number(summary.exact_match, "%.4f");
+    metrics << "}\n";
+  }
+  if (!cfg.train.save.empty()) {
+    save_weights(trainer.model(), be, cfg.train.save, trainer.step());
+    std::cout << "saved " << cfg.train.save << "\n";
+  }
+  return summary;
+}
+
+}  // namespace mh
