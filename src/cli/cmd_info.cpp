@@ -4,34 +4,13 @@
 #include <iostream>
 #include <string>
 
+#include "backend/cpu/blas_kernels.h"
 #include "cli/common_options.h"
+#include "core/json.h"
 #include "model/model_stats.h"
 
 namespace mh::cli {
 namespace {
-
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char ch : s) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += static_cast<char>(ch);
-    } else if (ch < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-      out += buf;
-    } else {
-      out += static_cast<char>(ch);
-    }
-  }
-  return out + "\"";
-}
-
-std::string json_number(double v, const char* format = "%.17g") {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
 
 int run_info(int argc, char** argv) {
   ConfigOptions config_opts;
@@ -56,8 +35,8 @@ int run_info(int argc, char** argv) {
             << ", \"flops_per_token_fwd\": " << json_number(flops.forward, "%.0f")
             << ", \"src_len\": " << json_number(src_len, "%.6g")
             << ", \"tgt_len\": " << json_number(tgt_len, "%.6g")
-            << ", \"backends\": [\"cpu\"], \"dtype\": " << json_string(name_of(cfg.train.precision))
-            << "}\n";
+            << ", \"backends\": [\"cpu\"], \"blas\": " << json_string(blas_description())
+            << ", \"dtype\": " << json_string(name_of(cfg.train.precision)) << "}\n";
   return 0;
 }
 

@@ -40,11 +40,13 @@ std::optional<po::variables_map> parse_command_line(const Command& cmd, int argc
   po::store(
       po::command_line_parser(argc, argv).options(parsed).positional(positional).style(style).run(),
       vm);
-  po::notify(vm);
-  if (help) {
+  // --help before notify(): notify() enforces required options, and help needs none.
+  if (vm.count("help") && vm["help"].as<bool>()) {
     print_command_help(std::cout, cmd, all);
     return std::nullopt;
   }
+  po::notify(vm);
+  (void)help;
   if (!stray.empty())
     user_error("unexpected argument '", stray.front(), "' (see 'multihead ", cmd.name, " --help')");
   return vm;

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <string>
 
+#include "backend/cpu/blas_kernels.h"
 #include "cli/command.h"
 #include "config/config.h"
 #include "core/error.h"
@@ -50,6 +51,7 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  mh::blas_select_kernels(argv);  // may re-exec once with OPENBLAS_CORETYPE set
   try {
     return dispatch(argc, argv);
   } catch (const mh::UserError& e) {

@@ -26,6 +26,17 @@ std::string format_duration(double seconds) {
   return str(s, "s");
 }
 
+// A train.save path that cannot be written is found now, not after the whole run.
+void check_save_path(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) return;
+  std::error_code ec;
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent, ec))
+    user_error("train.save '", path, "': directory '", parent.string(), "' does not exist");
+  if (fs::is_directory(path, ec)) user_error("train.save '", path, "': is a directory");
+}
+
 // Creates out_dir and writes the effective config there (atomically).
 void prepare_out_dir(const Config& cfg) {
   namespace fs = std::filesystem;
@@ -93,6 +104,7 @@ TrainSummary run_training(const Config& cfg) {
   CpuBackend be;
   Trainer trainer(cfg, be);
   trainer.init();
+  check_save_path(cfg.train.save);
   prepare_out_dir(cfg);
 
   std::cout << "multihead train: " << cfg.source << " | " << trainer.model().num_params()

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "backend/cpu/cpu_backend.h"
+#include "core/philox.h"
 #include "gradcheck.h"
 
 using namespace mh;
@@ -137,6 +138,20 @@ TEST_F(OpsTest, DropoutStatistics) {
   int64_t same = 0;
   for (int64_t i = 0; i < y.numel(); ++i) same += (y.item(i) != 0) == (y2.item(i) != 0);
   EXPECT_LT(same, y.numel() * 0.85);
+}
+
+// The CPU mask is the Philox stream of core/philox.h, element by element: what GPU kernels draw.
+TEST_F(OpsTest, DropoutMaskIsThePhiloxStream) {
+  const int64_t n = 1001;  // not a multiple of the 64-element blocks
+  Tensor x = Tensor::empty({n}, DType::f32), y = Tensor::empty({n}, DType::f32);
+  for (int64_t i = 0; i < n; ++i) x.set_item(i, 1.0 + i);
+  const uint64_t seed = 0x1234567890abcdefULL, offset = (7ULL << 24) | 3;
+  be.dropout_fwd(x, 0.3, seed, offset, y);
+  for (int64_t i = 0; i < n; ++i) {
+    const bool keep = philox_uniform_at(seed, offset, static_cast<uint64_t>(i)) >= 0.3f;
+    ASSERT_EQ(y.item(i) != 0, keep) << "element " << i;
+    if (keep) ASSERT_FLOAT_EQ(y.item(i), (1.0 + i) / 0.7);
+  }
 }
 
 TEST_F(OpsTest, Embedding) {

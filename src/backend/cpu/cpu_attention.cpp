@@ -7,6 +7,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_common.h"
+#include "backend/cpu/cpu_math.h"
 
 namespace mh {
 
@@ -51,7 +52,8 @@ void CpuBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor&
           }
           T mx = *std::max_element(row, row + n);
           T sum = 0;
-          for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
+          for (int64_t j = 0; j < n; ++j) row[j] = cpu::exp_fast<T>(row[j] - mx);
+          for (int64_t j = 0; j < n; ++j) sum += row[j];
           const T inv = T(1) / sum;
           for (int64_t j = 0; j < n; ++j) row[j] *= inv;
           std::fill(row + n, row + lk, T(0));

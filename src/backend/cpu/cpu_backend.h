@@ -9,6 +9,7 @@ namespace mh {
 
 class CpuBackend : public Backend {
  public:
+  CpuBackend();
   const char* name() const override { return "cpu"; }
   Tensor empty(const Shape& shape, DType dtype) override { return Tensor::empty(shape, dtype); }
   Tensor zeros(const Shape& shape, DType dtype) override { return Tensor::zeros(shape, dtype); }

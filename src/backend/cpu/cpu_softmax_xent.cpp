@@ -1,9 +1,12 @@
 // Fused softmax + label-smoothed cross-entropy (PyTorch's F.cross_entropy semantics with
 // ignore_index and label_smoothing), forward and, optionally, its gradient in the same pass.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_common.h"
+#include "backend/cpu/cpu_math.h"
 
 namespace mh {
 
@@ -17,34 +20,28 @@ XentResult CpuBackend::softmax_xent(const Tensor& logits, const Tensor& labels, 
     XentResult r;
     const T* x = logits.data<T>();
     T* dx = dlogits ? dlogits->data<T>() : nullptr;
+    std::vector<T> scratch(dx ? 0 : static_cast<size_t>(v));
     const double eps = smoothing, on = 1 - eps, off = eps / static_cast<double>(v);
     for (int64_t i = 0; i < n; ++i) {
       const T* row = x + i * v;
       int32_t y = lab[i];
       if (y == pad_id) {
-        if (dx)
-          for (int64_t j = 0; j < v; ++j) dx[i * v + j] = T(0);
+        if (dx) std::fill(dx + i * v, dx + (i + 1) * v, T(0));
         continue;
       }
       MH_CHECK(y >= 0 && y < v, "label ", y, " outside the vocabulary of ", v);
-      T mx = row[0];
-      for (int64_t j = 1; j < v; ++j) mx = row[j] > mx ? row[j] : mx;
-      // One pass for exp and the sums; the gradient reuses the exps stored in dx.
-      double sum = 0, sum_x = 0;
-      T* e = dx ? dx + i * v : nullptr;
-      for (int64_t j = 0; j < v; ++j) {
-        T ej = std::exp(row[j] - mx);
-        if (e) e[j] = ej;
-        sum += ej;
-        sum_x += row[j];
-      }
+      // exp(x - max) goes into dx (or scratch); the gradient is then one scaling of it.
+      T* e = dx ? dx + i * v : scratch.data();
+      const T mx = cpu::max_lanes(row, v);
+      for (int64_t j = 0; j < v; ++j) e[j] = cpu::exp_fast<T>(row[j] - mx);
+      const double sum = cpu::sum_lanes(e, v), sum_x = cpu::sum_lanes(row, v);
       const double lse = mx + std::log(sum);
       const double nll = lse - row[y];
       // Smoothed target: (1-ε) one-hot + ε/V uniform; loss = (1-ε) nll + ε (lse - mean(x)).
       r.nll_sum += nll;
       r.loss_sum += on * nll + eps * (lse - sum_x / static_cast<double>(v));
       r.tokens += 1;
-      if (e) {
+      if (dx) {
         // d loss / d x_j = softmax_j - target_j
         const T a = static_cast<T>(grad_scale / sum), b = static_cast<T>(grad_scale * off);
         for (int64_t j = 0; j < v; ++j) e[j] = e[j] * a - b;
