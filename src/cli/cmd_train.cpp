@@ -20,6 +20,17 @@ const Command cmd_train = {
     "train",
     "Train the Transformer: progress line, metrics.jsonl and config.yaml in train.out_dir, "
     "weights to train.save.",
-    run_train, "multihead train --config configs/toy.yaml --set train.steps=500"};
+    run_train, "multihead train --config configs/toy.yaml --set train.steps=500",
+    "Without --config it trains the embedded toy task (reverse a sequence of letters) and then\n"
+    "prints held-out examples with their exact-match accuracy.\n\n"
+    "Keys you will most often set (all keys: multihead config --help-keys):\n"
+    "  model.d_model, model.heads, model.d_ff, model.encoder_layers, model.decoder_layers\n"
+    "  model.dropout, model.norm (post|pre), model.share_embeddings\n"
+    "  data.task (reverse|numbers|pairs), data.train_pairs, data.valid_pairs, data.batch_size\n"
+    "  train.steps, train.tokens_per_step (gradient accumulation), train.lr_scale, train.warmup\n"
+    "  train.label_smoothing, train.clip_norm, train.save, train.init_from, train.out_dir\n\n"
+    "Outputs in train.out_dir: config.yaml (the effective config, loadable with --config) and\n"
+    "metrics.jsonl (one JSON object per step: loss, nll, lr, grad_norm, tokens, elapsed_s; plus\n"
+    "validation lines). train.save writes the weights as safetensors.\n"};
 
 }  // namespace mh::cli

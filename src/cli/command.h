@@ -20,6 +20,7 @@ struct Command {
   // returns the exit code. Bad input throws UserError or a boost::program_options error (exit 2).
   int (*run)(int argc, char** argv);
   const char* example = nullptr;  // one typical invocation, shown by the help texts
+  const char* details = nullptr;  // more to teach in `multihead <name> --help` (optional)
 };
 
 // clang-format off

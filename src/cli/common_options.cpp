@@ -55,6 +55,7 @@ std::optional<po::variables_map> parse_command_line(const Command& cmd, int argc
 void print_command_help(std::ostream& os, const Command& cmd, const po::options_description& desc) {
   os << "usage: multihead " << cmd.name << " [options]\n" << cmd.summary << "\n\n";
   os << "options:\n" << desc;
+  if (cmd.details) os << "\n" << cmd.details;
   if (cmd.example) os << "\nexample:\n  " << cmd.example << "\n";
 }
 

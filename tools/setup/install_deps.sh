@@ -7,7 +7,7 @@ set -euo pipefail
 
 mh_packages_build=(g++ cmake ninja-build pkg-config libyaml-cpp-dev libboost-program-options-dev
                    libopenblas-dev openmpi-bin libopenmpi-dev)
-mh_packages_test=("${mh_packages_build[@]}" libgtest-dev python3-torch python3-numpy)
+mh_packages_test=("${mh_packages_build[@]}" libgtest-dev python3-torch python3-numpy bc)
 
 mh_install_deps() {
   local kind=${1:-build} missing=() pkg
