@@ -1,13 +1,18 @@
 // `multihead bench <what>`: measured performance, printed beside nothing but facts of this run.
 //   bench train: training tokens/s of a config's model on full-length random batches.
+//   bench comm:  collective bandwidth of the Communicator beside raw MPI (nccl-tests' table).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
 #include "cli/common_options.h"
 #include "core/json.h"
+#include "dist/mpi_communicator.h"
+#include "dist/world.h"
 #include "model/model_stats.h"
 #include "train/trainer.h"
 
@@ -93,21 +98,297 @@ int bench_train(int argc, char** argv) {
   return 0;
 }
 
+// --- bench comm ------------------------------------------------------------------------------
+
+const char* const kBenchCommDetails =
+    "Runs on every rank of the world (start it with mpirun); rank 0 prints one row per size, from\n"
+    "--min to --max bytes, doubling. Each size is timed twice on the same buffers: through the\n"
+    "multihead Communicator (an async call + Work::wait(), so the hand-off to the progress thread\n"
+    "and back is included) and as the raw blocking MPI call (MPI_Allreduce in place,\n"
+    "MPI_Reduce_scatter_block, MPI_Allgather) on the same MPI communicator, with nothing pending.\n"
+    "\n"
+    "columns (nccl-tests' definitions, https://github.com/NVIDIA/nccl-tests doc/PERFORMANCE.md):\n"
+    "  size     S, bytes: all_reduce: the buffer on each rank; reduce_scatter: the input of each\n"
+    "           rank (the whole array, n chunks); all_gather: the output of each rank (n chunks)\n"
+    "  count    elements in S\n"
+    "  type     element type;  redop: the reduction (none for all_gather)\n"
+    "  time     microseconds per collective: the mean over --iters on each rank, then the max\n"
+    "           over ranks\n"
+    "  algbw    S / time, GB/s (1e9 bytes)\n"
+    "  busbw    algbw x 2(n-1)/n for all_reduce, algbw x (n-1)/n for reduce_scatter and\n"
+    "           all_gather (n ranks): the bandwidth each rank's link sustained, comparable\n"
+    "           across rank counts and with the hardware's peak\n"
+    "  #wrong   elements wrong after the first collective, summed over ranks (inputs are small\n"
+    "           integers, so every reduction is exact and the check is equality)\n"
+    "  raw      time, algbw, busbw of the raw MPI call\n"
+    "  vs raw   busbw / raw busbw: the cost of the Communicator over MPI itself (with one\n"
+    "           rank, where busbw is 0: raw time / time)\n"
+    "The last lines give the total #wrong (the exit status is 1 when it is not 0) and the mean\n"
+    "busbw of both columns over the sizes of at least 1 MB.\n";
+
+// "4K", "256M", "1G", "4096": bytes (binary multiples).
+int64_t parse_bytes(const std::string& option, const std::string& text) {
+  size_t used = 0;
+  long long value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  int64_t scale = 1;
+  const std::string suffix = text.substr(used);
+  if (suffix == "K" || suffix == "k")
+    scale = int64_t{1} << 10;
+  else if (suffix == "M" || suffix == "m")
+    scale = int64_t{1} << 20;
+  else if (suffix == "G" || suffix == "g")
+    scale = int64_t{1} << 30;
+  else if (!suffix.empty())
+    used = 0;
+  if (used == 0 || value < 1)
+    user_error("bench comm: ", option, " ", text,
+               ": expected a size in bytes such as 4096, 4K, 256M, 1G");
+  return value * scale;
+}
+
+enum class CommOp { all_reduce, reduce_scatter, all_gather };
+
+// Input element i of rank r: a small integer, so sums over ranks are exact in any dtype.
+double bench_value(int rank, int64_t i) {
+  return static_cast<double>((rank + 3 * i) % 11 - 5);
+}
+
+struct CommTiming {
+  double seconds = 0;  // per collective, max over ranks of the per-rank mean
+  double algbw = 0, busbw = 0;
+};
+
+int bench_comm(int argc, char** argv) {
+  std::string op_name = "all_reduce", min_text = "4K", max_text = "256M", dtype_text = "f32";
+  int64_t iters = 0, warmup = -1;
+  bool json = false;
+  po::options_description desc;
+  desc.add_options()  //
+      ("op", po::value(&op_name)->default_value(op_name),
+       "all_reduce | reduce_scatter | all_gather")  //
+      ("min", po::value(&min_text)->default_value(min_text),
+       "smallest size S in bytes (K, M, G: 2^10, 2^20, 2^30)")  //
+      ("max", po::value(&max_text)->default_value(max_text),
+       "largest size S in bytes; sizes double from --min")  //
+      ("iters", po::value(&iters)->default_value(iters),
+       "timed collectives per size and column; 0: 512 MiB / size, within [5, 200]")  //
+      ("warmup", po::value(&warmup)->default_value(warmup),
+       "untimed collectives first; -1: a tenth of the timed ones (at least 2)")        //
+      ("dtype", po::value(&dtype_text)->default_value(dtype_text), "f32 | f64 | i32")  //
+      ("json", po::bool_switch(&json), "one JSON object per size instead of the table");
+  static const Command sub = {"bench comm",
+                              "Collective bandwidth: the multihead Communicator beside raw MPI, in "
+                              "nccl-tests' table.",
+                              nullptr, "mpirun -np 2 multihead bench comm --min 4K --max 256M",
+                              kBenchCommDetails};
+  if (!parse_command_line(sub, argc, argv, desc)) return 0;
+  CommOp op = CommOp::all_reduce;
+  if (op_name == "reduce_scatter")
+    op = CommOp::reduce_scatter;
+  else if (op_name == "all_gather")
+    op = CommOp::all_gather;
+  else if (op_name != "all_reduce")
+    user_error("bench comm: --op ", op_name, ": expected all_reduce, reduce_scatter or all_gather");
+  DType dtype = DType::f32;
+  const char* type_name = "float";
+  if (dtype_text == "f64")
+    dtype = DType::f64, type_name = "double";
+  else if (dtype_text == "i32")
+    dtype = DType::i32, type_name = "int32";
+  else if (dtype_text != "f32")
+    user_error("bench comm: --dtype ", dtype_text, ": expected f32, f64 or i32");
+  const int64_t min_bytes = parse_bytes("--min", min_text),
+                max_bytes = parse_bytes("--max", max_text);
+  if (min_bytes > max_bytes)
+    user_error("bench comm: --min ", min_text, " exceeds --max ", max_text);
+  if (iters < 0) user_error("bench comm: --iters must be >= 0");
+
+  World& world = World::init();
+  auto& comm = dynamic_cast<MpiCommunicator&>(world.world_comm());
+  const MPI_Comm raw_comm = comm.comm();
+  const int n = comm.size(), rank = comm.rank();
+  const MPI_Datatype mpi_type = mpi_datatype(dtype);
+  const auto esize = static_cast<int64_t>(dtype_size(dtype));
+  const char* redop = op == CommOp::all_gather ? "none" : "sum";
+  const double bus_factor = op == CommOp::all_reduce ? 2.0 * (n - 1) / n : double(n - 1) / n;
+  const char* raw_name = op == CommOp::all_reduce       ? "MPI_Allreduce"
+                         : op == CommOp::reduce_scatter ? "MPI_Reduce_scatter_block"
+                                                        : "MPI_Allgather";
+  using Clock = std::chrono::steady_clock;
+
+  if (rank == 0 && !json) {
+    std::printf("# multihead bench comm: %s, %d rank(s) on %d node(s), %s, %s\n", op_name.c_str(),
+                n, n / world.local_size(), comm.name().c_str(),
+                op == CommOp::all_reduce ? "in place" : "out of place");
+    std::printf("#%51s%-33s%s\n", "", "multihead Communicator", raw_name);
+    std::printf("#%11s %13s %6s %5s  %9s %7s %7s %6s  %9s %7s %7s  %6s\n", "size", "count", "type",
+                "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "vs raw");
+    std::printf("#%11s %13s %6s %5s  %9s %7s %7s %6s  %9s %7s %7s  %6s\n", "(B)", "(elements)", "",
+                "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "busbw");
+    std::fflush(stdout);
+  }
+
+  int64_t total_wrong = 0;
+  double sum_busbw = 0, sum_raw_busbw = 0;
+  int big_rows = 0;
+  for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 2) {
+    // Elements: all_reduce: S / esize per rank; the others: S / esize in all, n chunks of `chunk`.
+    int64_t count = bytes / esize, chunk = count;
+    if (op != CommOp::all_reduce) {
+      chunk = count / n;
+      count = chunk * n;
+    }
+    if (chunk == 0) continue;
+    const int64_t size = count * esize;
+    Tensor in, out;
+    if (op == CommOp::all_reduce) out = Tensor::empty({count}, dtype);
+    if (op == CommOp::reduce_scatter)
+      in = Tensor::empty({count}, dtype), out = Tensor::empty({chunk}, dtype);
+    if (op == CommOp::all_gather)
+      in = Tensor::empty({chunk}, dtype), out = Tensor::empty({count}, dtype);
+    Tensor& src = op == CommOp::all_reduce ? out : in;
+    for (int64_t i = 0; i < src.numel(); ++i) src.set_item(i, bench_value(rank, i));
+    if (op != CommOp::all_reduce) out.zero_();
+
+    const std::function<Work()> run_comm = [&] {
+      if (op == CommOp::all_reduce) return comm.all_reduce(out, ReduceOp::sum);
+      if (op == CommOp::reduce_scatter) return comm.reduce_scatter(in, out, ReduceOp::sum);
+      return comm.all_gather(in, out);
+    };
+    // Raw MPI on the same buffers; called only while no Work is pending (the SERIALIZED contract).
+    const std::function<void()> run_raw = [&] {
+      const int c = static_cast<int>(chunk);
+      if (op == CommOp::all_reduce)
+        MH_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, out.raw(), c, mpi_type, MPI_SUM, raw_comm));
+      else if (op == CommOp::reduce_scatter)
+        MH_MPI_CHECK(MPI_Reduce_scatter_block(in.raw(), out.raw(), c, mpi_type, MPI_SUM, raw_comm));
+      else
+        MH_MPI_CHECK(MPI_Allgather(in.raw(), c, mpi_type, out.raw(), c, mpi_type, raw_comm));
+    };
+
+    // Correctness: the first collective on fresh inputs.
+    run_comm().wait();
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      double want = 0;
+      if (op == CommOp::all_reduce)
+        for (int k = 0; k < n; ++k) want += bench_value(k, i);
+      else if (op == CommOp::reduce_scatter)
+        for (int k = 0; k < n; ++k) want += bench_value(k, rank * chunk + i);
+      else
+        want = bench_value(static_cast<int>(i / chunk), i % chunk);
+      wrong += out.item(i) != want;
+    }
+    MH_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_INT64_T, MPI_SUM, raw_comm));
+    total_wrong += wrong;
+    // Repeated in-place sums would grow the values n-fold per call (to inf, or past INT_MAX);
+    // zeros stay zeros and cost the same to move and add.
+    if (op == CommOp::all_reduce) out.zero_();
+
+    const int64_t timed =
+        iters > 0 ? iters : std::clamp<int64_t>((int64_t{512} << 20) / size, 5, 200);
+    const int64_t untimed = warmup >= 0 ? warmup : std::max<int64_t>(2, timed / 10);
+    // The two columns alternate in up to 5 blocks, each after a barrier, so that both see the
+    // same machine (this one is shared and noisy). Raw MPI runs only between blocks of the
+    // Communicator, with no Work pending (the SERIALIZED contract).
+    const auto run_block = [&](bool multihead, int64_t k) {
+      MH_MPI_CHECK(MPI_Barrier(raw_comm));
+      const auto t0 = Clock::now();
+      if (multihead) {
+        for (int64_t i = 0; i < k; ++i) run_comm().wait();
+      } else {
+        std::lock_guard<std::mutex> lock(mpi_call_mutex());  // nothing is pending; belt and braces
+        for (int64_t i = 0; i < k; ++i) run_raw();
+      }
+      return std::chrono::duration<double>(Clock::now() - t0).count();
+    };
+    run_block(true, untimed);
+    run_block(false, untimed);
+    const int64_t blocks = std::min<int64_t>(timed, 5);
+    double secs[2] = {0, 0};  // [0]: multihead, [1]: raw
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k = timed / blocks + (b < timed % blocks ? 1 : 0);
+      const bool mh_first = b % 2 == 0;
+      secs[mh_first ? 0 : 1] += run_block(mh_first, k);
+      secs[mh_first ? 1 : 0] += run_block(!mh_first, k);
+    }
+    // Per-rank mean, then the max over ranks (outside the timed blocks).
+    for (double& t : secs) t /= static_cast<double>(timed);
+    MH_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, secs, 2, MPI_DOUBLE, MPI_MAX, raw_comm));
+    const auto timing = [&](double t) {
+      CommTiming c;
+      c.seconds = t;
+      c.algbw = static_cast<double>(size) / t / 1e9;
+      c.busbw = c.algbw * bus_factor;
+      return c;
+    };
+    const CommTiming mh_t = timing(secs[0]), raw_t = timing(secs[1]);
+    const double vs_raw = raw_t.busbw > 0    ? mh_t.busbw / raw_t.busbw
+                          : mh_t.seconds > 0 ? raw_t.seconds / mh_t.seconds
+                                             : 0;
+    if (size >= (int64_t{1} << 20)) {
+      sum_busbw += mh_t.busbw;
+      sum_raw_busbw += raw_t.busbw;
+      ++big_rows;
+    }
+    if (rank != 0) continue;
+    if (json) {
+      std::printf(
+          "{\"op\": %s, \"ranks\": %d, \"size\": %lld, \"count\": %lld, \"type\": %s, \"redop\": "
+          "%s, \"iters\": %lld, \"time_us\": %s, \"algbw\": %s, \"busbw\": %s, \"wrong\": %lld, "
+          "\"raw_time_us\": %s, \"raw_algbw\": %s, \"raw_busbw\": %s, \"busbw_vs_raw\": %s}\n",
+          json_string(op_name).c_str(), n, static_cast<long long>(size),
+          static_cast<long long>(count), json_string(type_name).c_str(), json_string(redop).c_str(),
+          static_cast<long long>(timed), json_number(mh_t.seconds * 1e6, "%.2f").c_str(),
+          json_number(mh_t.algbw, "%.4f").c_str(), json_number(mh_t.busbw, "%.4f").c_str(),
+          static_cast<long long>(wrong), json_number(raw_t.seconds * 1e6, "%.2f").c_str(),
+          json_number(raw_t.algbw, "%.4f").c_str(), json_number(raw_t.busbw, "%.4f").c_str(),
+          json_number(vs_raw, "%.4f").c_str());
+    } else {
+      std::printf(" %11lld %13lld %6s %5s  %9.2f %7.3f %7.3f %6lld  %9.2f %7.3f %7.3f  %5.1f%%\n",
+                  static_cast<long long>(size), static_cast<long long>(count), type_name, redop,
+                  mh_t.seconds * 1e6, mh_t.algbw, mh_t.busbw, static_cast<long long>(wrong),
+                  raw_t.seconds * 1e6, raw_t.algbw, raw_t.busbw, 100.0 * vs_raw);
+    }
+    std::fflush(stdout);
+  }
+  if (rank == 0 && !json) {
+    std::printf("# all #wrong: %lld\n", static_cast<long long>(total_wrong));
+    if (big_rows > 0)
+      std::printf("# mean busbw over sizes >= 1 MB: %.3f GB/s (raw MPI: %.3f GB/s, %.1f%%)\n",
+                  sum_busbw / big_rows, sum_raw_busbw / big_rows,
+                  sum_raw_busbw > 0 ? 100.0 * sum_busbw / sum_raw_busbw : 0.0);
+    std::fflush(stdout);
+  }
+  return total_wrong == 0 ? 0 : 1;
+}
+
 int run_bench(int argc, char** argv) {
   const std::string what = argc >= 2 ? argv[1] : "";
   if (what == "train") return bench_train(argc - 1, argv + 1);
+  if (what == "comm") return bench_comm(argc - 1, argv + 1);
   if (what == "-h" || what == "--help" || what.empty()) {
-    std::cout << "usage: multihead bench <what> [options]   (multihead bench <what> --help)\n"
-                 "  train   training tokens/s of a config's model on random full-length batches\n"
-                 "e.g. multihead bench train --config configs/bench-small.yaml --threads 1\n";
+    std::cout
+        << "usage: multihead bench <what> [options]   (multihead bench <what> --help)\n"
+           "  train   training tokens/s of a config's model on random full-length batches\n"
+           "  comm    collective bandwidth of the Communicator beside raw MPI (under mpirun)\n"
+           "e.g. multihead bench train --config configs/bench-small.yaml --threads 1\n"
+           "     mpirun -np 2 multihead bench comm --op all_reduce --min 4K --max 256M\n";
     return what.empty() ? 2 : 0;
   }
-  user_error("bench: unknown benchmark '", what, "' (expected: train)");
+  user_error("bench: unknown benchmark '", what, "' (expected: train, comm)");
 }
 
 }  // namespace
 
-const Command cmd_bench = {"bench", "Performance measurements (bench train: training tokens/s).",
+const Command cmd_bench = {"bench",
+                           "Performance measurements (bench train: training tokens/s; bench comm: "
+                           "collective bandwidth).",
                            run_bench, "multihead bench train --config configs/bench-small.yaml"};
 
 }  // namespace mh::cli

@@ -1,6 +1,8 @@
 // multihead: dispatch to a subcommand (cli/command.h), and turn errors into one line + exit code:
 //   2  bad input (UserError, bad command-line options)
 //   1  a bug (InternalError) or an unexpected failure
+#include <unistd.h>
+
 #include <boost/program_options/errors.hpp>
 #include <cstring>
 #include <exception>
@@ -11,6 +13,7 @@
 #include "cli/command.h"
 #include "config/config.h"
 #include "core/error.h"
+#include "dist/world.h"
 
 namespace {
 
@@ -50,18 +53,31 @@ int dispatch(int argc, char** argv) {
 
 }  // namespace
 
+// Ends the process with `code` after an error. In a distributed job the other ranks may be
+// waiting for this one in a collective, so the whole job is ended (MPI_Abort), never left hanging.
+// The line goes out in one write(2), so lines of ranks failing together do not interleave.
+static int fail(const char* kind, const std::string& what, int code) {
+  std::string line = std::string("multihead: ") + kind + ": ";
+  if (mh::World::is_distributed()) line += "rank " + std::to_string(mh::World::get().rank()) + ": ";
+  line += one_line(what) + "\n";
+  std::cout.flush();
+  if (::write(2, line.data(), line.size()) < 0) std::cerr << line;
+  if (mh::World::is_distributed()) mh::World::abort(code);
+  mh::World::finalize();
+  return code;
+}
+
 int main(int argc, char** argv) {
   mh::blas_select_kernels(argv);  // may re-exec once with OPENBLAS_CORETYPE set
   try {
-    return dispatch(argc, argv);
+    const int code = dispatch(argc, argv);
+    mh::World::finalize();
+    return code;
   } catch (const mh::UserError& e) {
-    std::cerr << "multihead: error: " << one_line(e.what()) << std::endl;
-    return 2;
+    return fail("error", e.what(), 2);
   } catch (const mh::InternalError& e) {
-    std::cerr << "multihead: internal error: " << one_line(e.what()) << std::endl;
-    return 1;
+    return fail("internal error", e.what(), 1);
   } catch (const std::exception& e) {
-    std::cerr << "multihead: internal error: " << one_line(e.what()) << std::endl;
-    return 1;
+    return fail("internal error", e.what(), 1);
   }
 }

@@ -31,6 +31,8 @@ Tensor Linear::backward(Ctx& ctx, const Tensor& dy) {
   ctx.be.gemm(dy, false, weight.value, false, dx, 1.0, 0.0);  // dx = dy W
   ctx.be.gemm(dy, true, x_, false, weight.grad, 1.0, 1.0);    // dW += dyᵀ x
   ctx.be.bias_grad(dy, bias.grad);                            // db += Σ_n dy
+  ctx.grad_ready(weight);
+  ctx.grad_ready(bias);
   x_ = Tensor();
   return dx;
 }
@@ -59,6 +61,8 @@ Tensor LayerNorm::forward(Ctx& ctx, const Tensor& x) {
 Tensor LayerNorm::backward(Ctx& ctx, const Tensor& dy) {
   Tensor dx = ctx.be.empty(x_.shape(), dy.dtype());
   ctx.be.layernorm_bwd(dy, x_, weight.value, mean_, rstd_, dx, weight.grad, bias.grad);
+  ctx.grad_ready(weight);
+  ctx.grad_ready(bias);
   x_ = mean_ = rstd_ = Tensor();
   return dx;
 }

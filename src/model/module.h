@@ -30,7 +30,15 @@ struct Ctx {
   uint64_t step = 0;  // micro-step counter: a fresh mask every forward
   uint64_t site = 0;  // dropout sites used so far in this forward
 
+  // Called by backward when a parameter's gradient is final for this step (data parallelism
+  // starts its all-reduce then). Unset: nobody is listening (single process, or a micro-batch
+  // before the last of a step).
+  std::function<void(Param&)> on_grad_ready;
+
   explicit Ctx(Backend& backend) : be(backend) {}
+  void grad_ready(Param& p) {
+    if (on_grad_ready) on_grad_ready(p);
+  }
   uint64_t next_dropout_offset() { return (step << 24) | site++; }
   void begin_forward(uint64_t micro_step) {
     step = micro_step;

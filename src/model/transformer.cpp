@@ -128,15 +128,19 @@ void Transformer::backward(Ctx& ctx, const Tensor& dlogits) {
   Tensor dy = ctx.be.empty({batch_, tgt_len_max_, d}, dtype_);
   ctx.be.gemm(dlogits, false, out.value, false, dy, 1.0, 0.0);      // dy = dlogits W
   ctx.be.gemm(dlogits, true, dec_out_, false, out.grad, 1.0, 1.0);  // dW += dlogitsᵀ y
+  if (!cfg_.share_embeddings) ctx.grad_ready(out_proj_);
   dec_out_ = Tensor();
   if (decoder_norm_) dy = decoder_norm_->backward(ctx, dy);
   Tensor d_memory = ctx.be.zeros({batch_, src_len_max_, d}, dtype_);
   for (auto it = decoder_.rbegin(); it != decoder_.rend(); ++it)
     dy = (*it)->backward(ctx, dy, d_memory);
   ctx.be.embed_bwd(tgt_ids_, tgt_drop_.backward(ctx, dy), emb_scale, tgt_table().grad);
+  if (!cfg_.share_embeddings) ctx.grad_ready(tgt_embed_);
   Tensor dx = encoder_norm_ ? encoder_norm_->backward(ctx, d_memory) : d_memory;
   for (auto it = encoder_.rbegin(); it != encoder_.rend(); ++it) dx = (*it)->backward(ctx, dx);
   ctx.be.embed_bwd(src_ids_, src_drop_.backward(ctx, dx), emb_scale, src_table().grad);
+  // The shared matrix collects gradient from output, target and source: final only now.
+  ctx.grad_ready(cfg_.share_embeddings ? embed_ : src_embed_);
 }
 
 void Transformer::for_each_param(const ParamVisitor& f) {

@@ -8,7 +8,9 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/json.h"
+#include "core/rank_log.h"
 #include "data/batcher.h"
+#include "dist/world.h"
 #include "infer/greedy.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -98,23 +100,42 @@ double decode_held_out(Trainer& trainer, const Config& cfg, const ToyTask* toy,
 }  // namespace
 
 TrainSummary run_training(const Config& cfg) {
+  World& world = World::init(static_cast<int>(cfg.parallel.tp));
+  if (world.tp() != 1)
+    user_error("parallel.tp = ", world.tp(), ": tensor parallelism is not implemented yet (use 1)");
+  const int dp_rank = world.dp_rank(), dp_size = world.dp();
+  const bool lead = world.rank() == 0;
   cpu_set_threads(static_cast<int>(cfg.train.threads));
   // Everything that can fail on bad input happens before anything is written.
   Dataset data = load_dataset(cfg.model, cfg.data);
   CpuBackend be;
-  Trainer trainer(cfg, be);
+  Trainer trainer(cfg, be, &world.dp_comm());
   trainer.init();
   check_save_path(cfg.train.save);
-  prepare_out_dir(cfg);
+  if (lead) prepare_out_dir(cfg);
+  world.world_comm().barrier().wait();  // out_dir exists for everyone
+  {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.train.out_dir + "/logs", ec);
+    if (ec)
+      user_error("train.out_dir '", cfg.train.out_dir, "/logs': cannot create (", ec.message(),
+                 ")");
+  }
+  RankLog rank_log(str(cfg.train.out_dir, "/logs/rank", world.rank(), ".log"), world.rank());
 
   std::cout << "multihead train: " << cfg.source << " | " << trainer.model().num_params()
-            << " parameters | backend " << be.name() << " | " << cfg.train.steps << " steps | out "
-            << cfg.train.out_dir << "\n"
+            << " parameters | backend " << be.name() << " | " << cfg.train.steps << " steps | "
+            << world.size() << " rank(s), dp " << dp_size << " (this is rank " << world.rank()
+            << " on " << world.hostname() << ") | out " << cfg.train.out_dir << "\n"
             << "effective config:\n"
             << config_to_yaml(cfg) << std::flush;
 
-  std::ofstream metrics(cfg.train.out_dir + "/metrics.jsonl");
-  if (!metrics) user_error(cfg.train.out_dir, "/metrics.jsonl: cannot write");
+  // The metrics file is rank 0's; the other ranks write theirs to a null stream.
+  std::ofstream metrics;
+  if (lead) {
+    metrics.open(cfg.train.out_dir + "/metrics.jsonl");
+    if (!metrics) user_error(cfg.train.out_dir, "/metrics.jsonl: cannot write");
+  }
   const std::vector<Batch> valid_batches =
       batches_of(data.valid, cfg.data.batch_size, static_cast<int32_t>(cfg.model.pad_id));
 
@@ -122,12 +143,17 @@ TrainSummary run_training(const Config& cfg) {
   const auto start = Clock::now();
   auto window_start = start;
   int64_t window_tokens = 0;
-  double window_loss = 0;
+  double window_loss = 0, window_compute = 0, window_comm = 0, window_exposed = 0;
   int64_t window_steps = 0;
   for (int64_t s = 1; s <= cfg.train.steps; ++s) {
-    StepResult r = trainer.train_step([&] { return data.train.next_batch(); });
+    const auto step_start = Clock::now();
+    StepResult r = trainer.train_step([&] { return data.train.next(dp_rank, dp_size); });
+    const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
     window_tokens += r.src_tokens + r.tgt_tokens;
     window_loss += r.loss;
+    window_compute += r.compute_s;
+    window_comm += r.comm.comm_s;
+    window_exposed += r.comm.exposed_s;
     ++window_steps;
     summary.final_loss = r.loss;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -136,6 +162,10 @@ TrainSummary run_training(const Config& cfg) {
             << ", \"lr\": " << json_number(r.lr, "%.6g")
             << ", \"grad_norm\": " << json_number(r.grad_norm, "%.6g")
             << ", \"tgt_tokens\": " << r.tgt_tokens << ", \"src_tokens\": " << r.src_tokens
+            << ", \"step_s\": " << json_number(step_s, "%.5f")
+            << ", \"compute_s\": " << json_number(r.compute_s, "%.5f")
+            << ", \"comm_s\": " << json_number(r.comm.comm_s, "%.5f")
+            << ", \"exposed_comm_s\": " << json_number(r.comm.exposed_s, "%.5f")
             << ", \"elapsed_s\": " << json_number(elapsed, "%.3f") << "}\n";
     if (s % cfg.train.log_every == 0 || s == cfg.train.steps) {
       const auto now = Clock::now();
@@ -148,14 +178,22 @@ TrainSummary run_training(const Config& cfg) {
                     static_cast<long long>(s), static_cast<long long>(cfg.train.steps),
                     window_loss / window_steps, r.lr, tok_s, format_duration(elapsed).c_str(),
                     format_duration(eta).c_str());
-      std::cout << line << std::endl;
+      std::cout << line;
+      if (dp_size > 1) {
+        // Per step, this rank: compute, all-reduce time, and the part of it backward did not hide.
+        std::snprintf(line, sizeof line, " | compute %.0f ms, comm %.0f ms, exposed %.1f ms",
+                      1e3 * window_compute / window_steps, 1e3 * window_comm / window_steps,
+                      1e3 * window_exposed / window_steps);
+        std::cout << line;
+      }
+      std::cout << std::endl;
       metrics.flush();
       window_start = now;
       window_tokens = 0;
-      window_loss = 0;
+      window_loss = window_compute = window_comm = window_exposed = 0;
       window_steps = 0;
     }
-    if (cfg.train.eval_every > 0 && s % cfg.train.eval_every == 0 && s < cfg.train.steps &&
+    if (lead && cfg.train.eval_every > 0 && s % cfg.train.eval_every == 0 && s < cfg.train.steps &&
         !valid_batches.empty()) {
       EvalResult e = trainer.evaluate(valid_batches);
       std::cout << "  valid: nll " << e.nll << " | loss " << e.loss << " | " << e.tokens
@@ -165,6 +203,8 @@ TrainSummary run_training(const Config& cfg) {
     }
   }
 
+  // Replicas are identical after training: rank 0 evaluates, decodes and saves for everyone.
+  if (!lead) return summary;
   if (!valid_batches.empty()) {
     EvalResult e = trainer.evaluate(valid_batches);
     summary.valid_nll = e.nll;

@@ -1,20 +1,33 @@
 #include "train/trainer.h"
 
+#include <chrono>
+
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
 
 namespace mh {
 
-Trainer::Trainer(const Config& cfg, Backend& be)
+Trainer::Trainer(const Config& cfg, Backend& be, Communicator* dp)
     : cfg_(cfg),
       be_(be),
       model_(std::make_unique<Transformer>(be, cfg.model, DType::f32)),
       adam_(be, cfg.train),
-      ctx_(be) {
+      ctx_(be),
+      dp_(dp && dp->size() > 1 ? dp : nullptr) {
   std::vector<Param*> params;
   model_->for_each_param([&](Param& p) { params.push_back(&p); });
+  if (dp_) {
+    if (cfg.data.batch_size < dp_->size())
+      user_error("data.batch_size (", cfg.data.batch_size, ") is smaller than the ", dp_->size(),
+                 " data-parallel ranks: every rank needs at least one sentence");
+    buckets_ = std::make_unique<GradBuckets>(be, params, *dp_, cfg.parallel.bucket_mb,
+                                             cfg.parallel.overlap);
+  }
   adam_.add_params(std::move(params));
-  ctx_.seed = cfg.train.seed;
+  // Each dp rank holds different sentences: its dropout masks must be its own, not copies of
+  // rank 0's for the same positions.
+  ctx_.seed =
+      cfg.train.seed + (dp_ ? 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(dp_->rank()) : 0);
 }
 
 void Trainer::init() {
@@ -23,35 +36,71 @@ void Trainer::init() {
   } else {
     load_weights(*model_, be_, cfg_.train.init_from);
   }
+  if (dp_) {
+    std::vector<Work> works;
+    model_->for_each_param([&](Param& p) { works.push_back(dp_->broadcast(p.value, 0)); });
+    for (Work& w : works) w.wait();
+  }
+}
+
+void Trainer::sum_over_ranks(double* values, int n) {
+  if (!dp_) return;
+  Tensor t = Tensor::empty({n}, DType::f64);
+  std::copy(values, values + n, t.data<double>());
+  dp_->all_reduce(t, ReduceOp::sum).wait();
+  std::copy(t.data<double>(), t.data<double>() + n, values);
 }
 
 StepResult Trainer::train_step(const std::function<Batch()>& next_batch) {
+  using Clock = std::chrono::steady_clock;
   StepResult r;
   XentResult sum;
+  double global_tokens = 0;
   model_->zero_grad();
   ctx_.training = true;
-  // At least one micro-batch; more until the step has tokens_per_step target tokens.
-  do {
+  // At least one micro-batch; more until the step has tokens_per_step target tokens over all
+  // ranks. Every rank sees the same global counts, so all agree on which micro-batch is last.
+  for (bool last = false; !last;) {
     Batch batch = next_batch();
+    double batch_tokens = static_cast<double>(batch.tgt_tokens);
+    sum_over_ranks(&batch_tokens, 1);
+    global_tokens += batch_tokens;
+    last = global_tokens >= static_cast<double>(cfg_.train.tokens_per_step);
+    // Only the last micro-batch's backward finalizes gradients: it alone feeds the buckets.
+    if (buckets_ && last) {
+      buckets_->begin();
+      ctx_.on_grad_ready = [this](Param& p) { buckets_->mark_ready(p); };
+    } else {
+      ctx_.on_grad_ready = nullptr;
+    }
+    const auto t0 = Clock::now();
     ctx_.begin_forward(static_cast<uint64_t>(micro_step_++));
     Tensor logits = model_->forward(ctx_, batch.input);
     Tensor dlogits = be_.empty(logits.shape(), logits.dtype());
     XentResult x = be_.softmax_xent(logits, batch.labels, cfg_.model.pad_id,
                                     cfg_.train.label_smoothing, 1.0, &dlogits);
     model_->backward(ctx_, dlogits);
+    r.compute_s += std::chrono::duration<double>(Clock::now() - t0).count();
     sum.loss_sum += x.loss_sum;
     sum.nll_sum += x.nll_sum;
     sum.tokens += x.tokens;
     r.src_tokens += batch.src_tokens;
     r.micro_batches += 1;
-  } while (sum.tokens < cfg_.train.tokens_per_step);
+  }
+  ctx_.on_grad_ready = nullptr;
+  if (buckets_) r.comm = buckets_->finish();  // gradients now hold the sum over ranks
+  double totals[3] = {sum.loss_sum, sum.nll_sum, static_cast<double>(r.src_tokens)};
+  sum_over_ranks(totals, 3);
   ++step_;
-  r.tgt_tokens = sum.tokens;
-  r.loss = sum.tokens ? sum.loss_sum / sum.tokens : 0;
-  r.nll = sum.tokens ? sum.nll_sum / sum.tokens : 0;
+  r.tgt_tokens = static_cast<int64_t>(global_tokens);
+  r.src_tokens = static_cast<int64_t>(totals[2]);
+  r.loss = global_tokens > 0 ? totals[0] / global_tokens : 0;
+  r.nll = global_tokens > 0 ? totals[1] / global_tokens : 0;
   r.lr = noam_lr(step_, cfg_.model.d_model, cfg_.train.warmup, cfg_.train.lr_scale);
-  // Gradients hold d(loss_sum); the mean over the step's tokens is one scale away.
-  r.grad_norm = adam_.step(r.lr, sum.tokens ? 1.0 / static_cast<double>(sum.tokens) : 0.0);
+  // Gradients hold d(loss_sum) over the global batch; the mean over its tokens is one scale
+  // away. (Averaging by the number of ranks instead would weigh a rank's tokens by how many
+  // it happened to get, and differ from single-process training.)
+  r.grad_norm = adam_.step(r.lr, global_tokens > 0 ? 1.0 / global_tokens : 0.0);
   return r;
 }
 

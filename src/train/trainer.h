@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "data/batch.h"
+#include "dist/grad_buckets.h"
 #include "optim/adam.h"
 
 namespace mh {
@@ -19,6 +20,8 @@ struct StepResult {
   double nll = 0;   // mean negative log-likelihood per target token
   int64_t tgt_tokens = 0, src_tokens = 0, micro_batches = 0;
   double lr = 0, grad_norm = 0;
+  double compute_s = 0;  // forward + backward on this rank
+  BucketTiming comm;     // data-parallel gradient all-reduce (zero without data parallelism)
 };
 
 struct EvalResult {
@@ -29,11 +32,17 @@ struct EvalResult {
 
 class Trainer {
  public:
-  Trainer(const Config& cfg, Backend& be);
+  // dp: the data-parallel communicator, or null for a single process. With more than one dp
+  // rank, gradients are summed over ranks in buckets overlapped with backward (GradBuckets) and
+  // the step averages over the global number of target tokens, so the update equals one process
+  // training on the whole global batch.
+  Trainer(const Config& cfg, Backend& be, Communicator* dp = nullptr);
 
-  // Random init from train.seed, or the weights of train.init_from.
+  // Random init from train.seed, or the weights of train.init_from; then, with data
+  // parallelism, rank 0's weights are broadcast so every replica starts identical.
   void init();
-  // One optimizer step over batches drawn from next_batch.
+  // One optimizer step over batches drawn from next_batch (this rank's share of each global
+  // micro-batch). Every dp rank must call it the same number of times.
   StepResult train_step(const std::function<Batch()>& next_batch);
   // Loss over examples, dropout off.
   EvalResult evaluate(const std::vector<Batch>& batches);
@@ -41,13 +50,19 @@ class Trainer {
   Transformer& model() { return *model_; }
   Backend& backend() { return be_; }
   int64_t step() const { return step_; }
+  GradBuckets* buckets() { return buckets_.get(); }
 
  private:
+  // Sum over dp ranks of a few doubles (blocking); identity without data parallelism.
+  void sum_over_ranks(double* values, int n);
+
   Config cfg_;
   Backend& be_;
   std::unique_ptr<Transformer> model_;
   Adam adam_;
   Ctx ctx_;
+  Communicator* dp_ = nullptr;  // null or size 1: no data parallelism
+  std::unique_ptr<GradBuckets> buckets_;
   int64_t step_ = 0, micro_step_ = 0;
 };
 

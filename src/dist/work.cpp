@@ -1,0 +1,47 @@
+// Work::wait/test/seconds over the shared Work::State (dist/work_state.h).
+#include <chrono>
+
+#include "dist/work_state.h"
+
+namespace mh {
+
+namespace {
+
+// Counts this thread among the communicator's waiters while it is in wait(), so the driver may
+// spend this thread's core on polling.
+struct WaiterCount {
+  explicit WaiterCount(std::atomic<int>* n) : n_(n) {
+    if (n_) n_->fetch_add(1, std::memory_order_relaxed);
+  }
+  ~WaiterCount() {
+    if (n_) n_->fetch_sub(1, std::memory_order_relaxed);
+  }
+  WaiterCount(const WaiterCount&) = delete;
+  WaiterCount& operator=(const WaiterCount&) = delete;
+  std::atomic<int>* n_;
+};
+
+}  // namespace
+
+void Work::wait() {
+  if (!state_) return;
+  if (!state_->done_flag.load(std::memory_order_acquire)) {
+    WaiterCount counted(state_->waiters.get());
+    std::unique_lock<std::mutex> lock(state_->mu);
+    state_->cv.wait(lock, [&] { return state_->done; });
+  }
+  if (state_->error) std::rethrow_exception(state_->error);
+}
+
+bool Work::test() {
+  return !state_ || state_->done_flag.load(std::memory_order_acquire);
+}
+
+double Work::seconds() const {
+  if (!state_) return 0.0;
+  MH_CHECK(state_->done_flag.load(std::memory_order_acquire),
+           "Work::seconds() before the collective completed");
+  return std::chrono::duration<double>(state_->end - state_->start).count();
+}
+
+}  // namespace mh

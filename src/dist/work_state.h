@@ -1,0 +1,55 @@
+// Work::State: the completion record behind a Work handle, shared by every Communicator
+// implementation (so Work::wait/test/seconds are written once, in work.cpp).
+//
+// The communication side calls mark_started() when the collective actually begins (not when it
+// is queued) and complete() exactly once when it ends, successfully or with the exception that
+// wait() will rethrow. `waiters`, when set, is the communicator's count of threads blocked in
+// wait(): a driver that polls (the MPI progress thread) may poll harder while it is non-zero,
+// because the waiting thread has given up its core.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+
+#include "dist/communicator.h"
+
+namespace mh {
+
+struct Work::State {
+  using Clock = std::chrono::steady_clock;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;                          // guarded by mu
+  std::atomic<bool> done_flag{false};         // mirrors done, for a lock-free test()
+  std::exception_ptr error;                   // set before done; rethrown by wait()
+  Clock::time_point start{}, end{};           // written by the communication side before done
+  std::shared_ptr<std::atomic<int>> waiters;  // optional, see above
+
+  void mark_started() { start = Clock::now(); }
+  // Marks the collective complete (with `err` if it failed) and wakes every waiter.
+  void complete(std::exception_ptr err = nullptr) {
+    end = Clock::now();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      error = std::move(err);
+      done = true;
+      done_flag.store(true, std::memory_order_release);
+    }
+    cv.notify_all();
+  }
+};
+
+// A Work that is already complete (size-1 fast paths), its start and end both `now`.
+inline Work completed_work() {
+  auto state = std::make_shared<Work::State>();
+  state->mark_started();
+  state->complete();
+  return Work(std::move(state));
+}
+
+}  // namespace mh
