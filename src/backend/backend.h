@@ -34,6 +34,9 @@ struct Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
 
+  // The device this backend computes on; inputs elsewhere are copied here (Backend::to_device).
+  virtual Device device() const { return Device::cpu; }
+
   // Tensors on this backend's device. Modules allocate through these, never directly.
   virtual Tensor empty(const Shape& shape, DType dtype) = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
@@ -51,6 +54,15 @@ struct Backend {
   virtual void scale(Tensor& x, double s) = 0;
   // dst = src (same shape and dtype, any devices this backend can reach)
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
+  // dst = src converted to dst's dtype (same numel, same device): master weights ↔ compute copies.
+  virtual void cast(const Tensor& src, Tensor& dst) = 0;
+  // t itself when it is on this backend's device, else a copy there.
+  Tensor to_device(const Tensor& t) {
+    if (t.device() == device()) return t;
+    Tensor d = empty(t.shape(), t.dtype());
+    copy(t, d);
+    return d;
+  }
 
   // LayerNorm over the last dim D. x, y: [N, D]; weight, bias: [D]; mean, rstd: [N] (f32/f64 as x).
   virtual void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,

@@ -14,6 +14,7 @@
 #include "dist/mpi_communicator.h"
 #include "dist/world.h"
 #include "model/model_stats.h"
+#include "train/runtime.h"
 #include "train/trainer.h"
 
 namespace mh::cli {
@@ -47,8 +48,10 @@ int bench_train(int argc, char** argv) {
       ("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")            //
       ("threads", po::value(&threads)->default_value(threads), "BLAS threads")                //
       ("json", po::bool_switch(&json), "print one JSON line instead of a table");
-  static const Command sub = {"bench train", "Training tokens/s of a config's model.", nullptr,
-                              "multihead bench train --config configs/bench-small.yaml"};
+  static const Command sub = {"bench train",
+                              "Training tokens/s of a config's model (under mpirun: data-parallel, "
+                              "--batch per rank).",
+                              nullptr, "multihead bench train --config configs/bench-small.yaml"};
   if (!parse_command_line(sub, argc, argv, desc)) return 0;
   if (batch < 1 || src_len < 1 || tgt_len < 1 || steps < 1 || warmup < 0)
     user_error("bench train: --batch, --src-len, --tgt-len and --steps must be >= 1");
@@ -57,20 +60,34 @@ int bench_train(int argc, char** argv) {
     user_error("bench train: sequences of ", std::max(src_len, tgt_len),
                " tokens exceed model.max_len (", cfg.model.max_len, ")");
   cfg.train.tokens_per_step = 0;  // one batch per step
-  cpu_set_threads(static_cast<int>(threads));
+  cfg.train.threads = threads;
 
-  CpuBackend be;
-  Trainer trainer(cfg, be);
+  // Under mpirun this is data-parallel weak scaling: --batch sentences per rank, gradients
+  // all-reduced in buckets exactly as in `multihead train`.
+  World& world = World::init();
+  const int dp = world.dp();
+  cfg.data.batch_size = batch * dp;
+  Runtime rt = make_runtime(cfg, world);
+  Trainer trainer(cfg, *rt.backend, rt.dp);
   trainer.init();
-  std::mt19937_64 rng(cfg.train.seed);
+  std::mt19937_64 rng(cfg.train.seed + static_cast<uint64_t>(world.rank()));
   const Batch b = random_batch(rng, cfg, batch, src_len, tgt_len);
-  double first_loss = 0, last_loss = 0;
+  double first_loss = 0, last_loss = 0, compute_s = 0, comm_s = 0, exposed_s = 0;
   for (int64_t i = 0; i < warmup; ++i) first_loss = trainer.train_step([&] { return b; }).loss;
+  world.world_comm().barrier().wait();
   const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < steps; ++i) last_loss = trainer.train_step([&] { return b; }).loss;
+  for (int64_t i = 0; i < steps; ++i) {
+    StepResult r = trainer.train_step([&] { return b; });
+    last_loss = r.loss;
+    compute_s += r.compute_s;
+    comm_s += r.comm.comm_s;
+    exposed_s += r.comm.exposed_s;
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double step_ms = 1e3 * secs / static_cast<double>(steps);
-  const double tokens = static_cast<double>(batch * (src_len + tgt_len));
+  if (world.rank() != 0) return 0;
+  const double per_step = 1e3 / static_cast<double>(steps);
+  const double step_ms = secs * per_step;
+  const double tokens = static_cast<double>(batch * (src_len + tgt_len) * dp);
   const double tok_s = tokens * static_cast<double>(steps) / secs;
   // flops_per_token counts per target token (the encoder's share included).
   const double flops =
@@ -78,9 +95,14 @@ int bench_train(int argc, char** argv) {
   const double gflops =
       tok_s * static_cast<double>(tgt_len) / static_cast<double>(src_len + tgt_len) * flops / 1e9;
   if (json) {
-    std::cout << "{\"impl\": \"multihead\", \"backend\": \"cpu\", \"config\": "
-              << json_string(cfg.source) << ", \"threads\": " << threads << ", \"steps\": " << steps
-              << ", \"step_ms\": " << json_number(step_ms, "%.3f")
+    std::cout << "{\"impl\": \"multihead\", \"backend\": " << json_string(rt.description)
+              << ", \"precision\": " << json_string(name_of(cfg.train.precision))
+              << ", \"config\": " << json_string(cfg.source) << ", \"ranks\": " << dp
+              << ", \"threads\": " << threads << ", \"batch_per_rank\": " << batch
+              << ", \"steps\": " << steps << ", \"step_ms\": " << json_number(step_ms, "%.3f")
+              << ", \"compute_ms\": " << json_number(compute_s * per_step, "%.3f")
+              << ", \"comm_ms\": " << json_number(comm_s * per_step, "%.3f")
+              << ", \"exposed_comm_ms\": " << json_number(exposed_s * per_step, "%.3f")
               << ", \"tokens_per_s\": " << json_number(tok_s, "%.1f") << ", \"tgt_tokens_per_s\": "
               << json_number(tok_s * tgt_len / (src_len + tgt_len), "%.1f")
               << ", \"gflops_per_s\": " << json_number(gflops, "%.2f")
@@ -88,12 +110,20 @@ int bench_train(int argc, char** argv) {
               << ", \"loss_first\": " << json_number(first_loss, "%.5f")
               << ", \"loss_last\": " << json_number(last_loss, "%.5f") << "}\n";
   } else {
-    std::printf("bench train: %s | %lld params | batch %lld x %lld/%lld tokens | %lld thread(s)\n",
-                cfg.source.c_str(), static_cast<long long>(trainer.model().num_params()),
-                static_cast<long long>(batch), static_cast<long long>(src_len),
-                static_cast<long long>(tgt_len), static_cast<long long>(threads));
-    std::printf("  %.2f ms/step | %.0f tokens/s (source + target) | %.2f GFLOP/s\n", step_ms, tok_s,
-                gflops);
+    std::printf(
+        "bench train: %s | %s | %lld params | %d rank(s) x batch %lld x %lld/%lld tokens | %lld "
+        "thread(s) per rank\n",
+        cfg.source.c_str(), rt.description.c_str(),
+        static_cast<long long>(trainer.model().num_params()), dp, static_cast<long long>(batch),
+        static_cast<long long>(src_len), static_cast<long long>(tgt_len),
+        static_cast<long long>(threads));
+    std::printf("  %.2f ms/step | %.0f tokens/s (source + target, all ranks) | %.2f GFLOP/s\n",
+                step_ms, tok_s, gflops);
+    if (dp > 1)
+      std::printf(
+          "  per step on rank 0: compute %.1f ms | all-reduce %.1f ms | exposed %.1f ms (%.1f%% of "
+          "the step)\n",
+          compute_s * per_step, comm_s * per_step, exposed_s * per_step, 100 * exposed_s / secs);
   }
   return 0;
 }

@@ -1,12 +1,13 @@
 // `multihead eval`: loss of saved weights on a pre-tokenized parallel file, as one JSON line.
 #include <iostream>
 
-#include "backend/cpu/cpu_backend.h"
 #include "cli/common_options.h"
 #include "core/json.h"
 #include "data/batcher.h"
 #include "data/pairs.h"
+#include "dist/world.h"
 #include "train/checkpoint.h"
+#include "train/runtime.h"
 #include "train/trainer.h"
 
 namespace mh::cli {
@@ -26,8 +27,8 @@ int run_eval(int argc, char** argv) {
   Config cfg = resolve_config(config_opts);
   cfg.train.init_from = weights;
   const std::vector<Example> examples = read_pairs(pairs, cfg.model, cfg.data);
-  CpuBackend be;
-  Trainer trainer(cfg, be);
+  Runtime rt = make_runtime(cfg, World::init());
+  Trainer trainer(cfg, *rt.backend);
   trainer.init();
   EvalResult r = trainer.evaluate(
       batches_of(examples, cfg.data.batch_size, static_cast<int32_t>(cfg.model.pad_id)));

@@ -113,6 +113,12 @@ const std::vector<Option>& options() {
       MH_OPTION(train, precision,
                 "Compute precision: fp32, bf16 or fp16 (reduced precisions keep fp32 master "
                 "weights)."),
+      MH_CHOICE(train, device, (std::vector<std::string_view>{"auto", "cpu", "cuda"}),
+                "Where the step runs: auto (cuda if built with it and a GPU is visible), cpu "
+                "or cuda (rank r on GPU local_rank % GPUs)."),
+      MH_OPTION(train, loss_scale, "fp16 only: initial dynamic loss scale."),
+      MH_OPTION(train, loss_scale_window,
+                "fp16 only: steps without inf/nan gradients before the loss scale doubles."),
       MH_OPTION(train, log_every, "Steps between progress lines."),
       MH_OPTION(train, eval_every, "Steps between validation evaluations (0: only at the end)."),
       MH_OPTION(train, out_dir, "Directory for the effective config, metrics.jsonl and logs."),
@@ -559,6 +565,12 @@ class Loader {
     at_least("train.log_every", t.log_every, 1);
     at_least("train.eval_every", t.eval_every, 0);
     at_least("train.threads", t.threads, 0);
+    positive("train.loss_scale", t.loss_scale);
+    at_least("train.loss_scale_window", t.loss_scale_window, 1);
+    if (t.device == "cpu" && t.precision != Precision::fp32)
+      invalid({"train.precision", "train.device"},
+              str("train.precision ", name_of(t.precision),
+                  " needs train.device cuda (the CPU backend computes in fp32)"));
     if (t.out_dir.empty()) invalid({"train.out_dir"}, "train.out_dir must not be empty");
 
     const ParallelConfig& p = cfg_.parallel;

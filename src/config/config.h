@@ -67,6 +67,11 @@ struct TrainConfig {
   double adam_eps = 1e-9;
   double weight_decay = 0.0;
   Precision precision = Precision::fp32;
+  // Where the step runs: "cpu", "cuda" (rank r uses GPU local_rank % GPUs), or "auto" (cuda when
+  // this binary has the CUDA backend and a GPU is visible, else cpu; the choice is logged).
+  std::string device = "auto";
+  double loss_scale = 65536;            // fp16: initial dynamic loss scale
+  int64_t loss_scale_window = 1000;     // fp16: steps without overflow before the scale doubles
   int64_t log_every = 50;               // steps between progress lines
   int64_t eval_every = 0;               // steps between validation evals; 0 = only at the end
   std::string out_dir = "runs/latest";  // effective config, metrics.jsonl, logs

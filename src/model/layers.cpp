@@ -6,7 +6,7 @@ Param make_param(Backend& be, std::string name, const Shape& shape, DType dtype)
   Param p;
   p.name = std::move(name);
   p.value = be.zeros(shape, dtype);
-  p.grad = be.zeros(shape, dtype);
+  p.grad = be.zeros(shape, grad_dtype(dtype));
   return p;
 }
 
@@ -52,8 +52,8 @@ LayerNorm::LayerNorm(Backend& be, const std::string& name, int64_t dim, double e
 Tensor LayerNorm::forward(Ctx& ctx, const Tensor& x) {
   x_ = x;
   Tensor y = ctx.be.empty(x.shape(), x.dtype());
-  mean_ = ctx.be.empty({x.rows2d()}, x.dtype());
-  rstd_ = ctx.be.empty({x.rows2d()}, x.dtype());
+  mean_ = ctx.be.empty({x.rows2d()}, stat_dtype(x.dtype()));
+  rstd_ = ctx.be.empty({x.rows2d()}, stat_dtype(x.dtype()));
   ctx.be.layernorm_fwd(x, weight.value, bias.value, eps_, y, mean_, rstd_);
   return y;
 }

@@ -17,7 +17,17 @@ struct Param {
 };
 using ParamVisitor = std::function<void(Param&)>;
 
-// Allocates value and a zeroed grad on the backend.
+// Parameter gradients are kept in fp32 whatever the compute dtype (f64 in the f64 test models):
+// under mixed precision they are summed over micro-batches and ranks, where bf16 would lose bits.
+inline DType grad_dtype(DType compute) {
+  return compute == DType::f64 ? DType::f64 : DType::f32;
+}
+// Statistics (LayerNorm mean and 1/std) likewise.
+inline DType stat_dtype(DType compute) {
+  return grad_dtype(compute);
+}
+
+// Allocates value (compute dtype) and a zeroed grad (grad_dtype) on the backend.
 Param make_param(Backend& be, std::string name, const Shape& shape, DType dtype);
 
 // Per-step state passed down through forward and backward: the backend, training mode and the

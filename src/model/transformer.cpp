@@ -47,7 +47,8 @@ Transformer::Transformer(Backend& be, const ModelConfig& cfg, DType dtype)
         std::make_unique<LayerNorm>(be, "decoder.norm", cfg.d_model, cfg.norm_eps, dtype);
   }
   // PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d))
-  Tensor pe = Tensor::empty({cfg.max_len, cfg.d_model}, dtype);
+  Tensor pe =
+      Tensor::empty({cfg.max_len, cfg.d_model}, dtype == DType::f64 ? DType::f64 : DType::f32);
   const int64_t d = cfg.d_model;
   fill_host(pe, [&](int64_t idx) {
     int64_t pos = idx / d, j = idx % d, i2 = j - (j % 2);
@@ -55,13 +56,19 @@ Transformer::Transformer(Backend& be, const ModelConfig& cfg, DType dtype)
     return j % 2 == 0 ? std::sin(angle) : std::cos(angle);
   });
   pe_ = be.empty(pe.shape(), dtype);
-  be.copy(pe, pe_);
+  if (pe.dtype() == dtype) {
+    be.copy(pe, pe_);
+  } else {
+    Tensor staged = be.empty(pe.shape(), pe.dtype());
+    be.copy(pe, staged);
+    be.cast(staged, pe_);
+  }
 }
 
 void Transformer::init(uint64_t seed) {
   std::mt19937_64 rng(seed);
   for_each_param([&](Param& p) {
-    Tensor host = Tensor::empty(p.value.shape(), dtype_);
+    Tensor host = Tensor::empty(p.value.shape(), dtype_ == DType::f64 ? DType::f64 : DType::f32);
     const bool is_embedding =
         p.value.dim(0) == cfg_.vocab_size && p.value.ndim() == 2 &&
         (p.name.find("embed") != std::string::npos || p.name == "out_proj.weight");
@@ -79,7 +86,13 @@ void Transformer::init(uint64_t seed) {
       const bool norm_weight = ends_with(p.name, "norm.weight");
       fill_host(host, [&](int64_t) { return norm_weight ? 1.0 : 0.0; });
     }
-    be_.copy(host, p.value);
+    if (host.dtype() == p.value.dtype()) {
+      be_.copy(host, p.value);
+    } else {  // reduced-precision compute copy: upload in fp32, convert on the device
+      Tensor staged = be_.empty(host.shape(), host.dtype());
+      be_.copy(host, staged);
+      be_.cast(staged, p.value);
+    }
   });
 }
 
@@ -87,9 +100,9 @@ Tensor Transformer::embed(Ctx& ctx, const Param& table, const Tensor& ids, Dropo
                           Tensor& ids_keep) {
   MH_CHECK(ids.ndim() == 2 && ids.dim(1) <= cfg_.max_len, "ids ", shape_str(ids.shape()),
            " longer than model.max_len ", cfg_.max_len);
-  ids_keep = ids;
+  ids_keep = ctx.be.to_device(ids);
   Tensor y = ctx.be.empty({ids.dim(0), ids.dim(1), cfg_.d_model}, dtype_);
-  ctx.be.embed_fwd(ids, table.value, pe_, std::sqrt(static_cast<double>(cfg_.d_model)), y);
+  ctx.be.embed_fwd(ids_keep, table.value, pe_, std::sqrt(static_cast<double>(cfg_.d_model)), y);
   return drop.forward(ctx, y);
 }
 

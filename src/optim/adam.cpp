@@ -10,9 +10,17 @@ void Adam::add_params(std::vector<Param*> params) {
   MH_CHECK(params_.empty(), "Adam::add_params called twice");
   params_ = std::move(params);
   for (Param* p : params_) {
-    m_.push_back(be_.zeros(p->value.shape(), p->value.dtype()));
-    v_.push_back(be_.zeros(p->value.shape(), p->value.dtype()));
+    const DType master = p->grad.dtype();  // fp32 (f64 for f64 test models)
+    m_.push_back(be_.zeros(p->value.shape(), master));
+    v_.push_back(be_.zeros(p->value.shape(), master));
+    master_.push_back(p->value.dtype() == master ? p->value : be_.empty(p->value.shape(), master));
   }
+  sync_masters();
+}
+
+void Adam::sync_masters() {
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (master_[i].raw() != params_[i]->value.raw()) be_.cast(params_[i]->value, master_[i]);
 }
 
 double Adam::grad_norm(double grad_scale) const {
@@ -23,12 +31,15 @@ double Adam::grad_norm(double grad_scale) const {
 
 double Adam::step(double lr, double grad_scale) {
   const double norm = grad_norm(grad_scale);
+  if (!std::isfinite(norm)) return norm;
   // Clipping folds into the gradient scale: g ← g · min(1, clip / ‖g‖).
   if (cfg_.clip_norm > 0 && norm > cfg_.clip_norm) grad_scale *= cfg_.clip_norm / norm;
   ++step_;
-  for (size_t i = 0; i < params_.size(); ++i)
-    be_.adam_step(params_[i]->value, params_[i]->grad, m_[i], v_[i], lr, cfg_.adam_beta1,
-                  cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay, step_, grad_scale);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    be_.adam_step(master_[i], params_[i]->grad, m_[i], v_[i], lr, cfg_.adam_beta1, cfg_.adam_beta2,
+                  cfg_.adam_eps, cfg_.weight_decay, step_, grad_scale);
+    if (master_[i].raw() != params_[i]->value.raw()) be_.cast(master_[i], params_[i]->value);
+  }
   return norm;
 }
 

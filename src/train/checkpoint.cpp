@@ -8,10 +8,16 @@
 namespace mh {
 
 namespace {
-// A host copy of t in dtype `to` (f32 <-> f64 conversion for checkpoints of f64 test models).
+// A host copy of t in dtype `to` (f32 or f64). Reduced-precision device values are widened to
+// f32 on the device first.
 Tensor host_as(Backend& be, const Tensor& t, DType to) {
-  Tensor host = Tensor::empty(t.shape(), t.dtype());
-  be.copy(t, host);
+  Tensor src = t;
+  if (t.dtype() != DType::f32 && t.dtype() != DType::f64) {
+    src = be.empty(t.shape(), DType::f32);
+    be.cast(t, src);
+  }
+  Tensor host = Tensor::empty(src.shape(), src.dtype());
+  be.copy(src, host);
   if (to == t.dtype()) return host;
   Tensor out = Tensor::empty(t.shape(), to);
   for (int64_t i = 0; i < t.numel(); ++i) out.set_item(i, host.item(i));
@@ -39,8 +45,15 @@ int64_t load_weights(Transformer& model, Backend& be, const std::string& path) {
                  ", the model expects ", shape_str(p.value.shape()));
     if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
       user_error(path, ": tensor '", p.name, "' is ", dtype_name(t.dtype()), ", expected F32");
-    Tensor converted = host_as(be, t, p.value.dtype());
-    be.copy(converted, p.value);
+    const bool reduced = p.value.dtype() != DType::f32 && p.value.dtype() != DType::f64;
+    Tensor converted = host_as(be, t, reduced ? DType::f32 : p.value.dtype());
+    if (reduced) {  // upload in f32, narrow on the device
+      Tensor staged = be.empty(converted.shape(), DType::f32);
+      be.copy(converted, staged);
+      be.cast(staged, p.value);
+    } else {
+      be.copy(converted, p.value);
+    }
     used.insert(p.name);
   });
   for (const auto& [name, t] : file.tensors)

@@ -13,6 +13,7 @@
 #include "dist/world.h"
 #include "infer/greedy.h"
 #include "train/checkpoint.h"
+#include "train/runtime.h"
 #include "train/trainer.h"
 
 namespace mh {
@@ -105,11 +106,11 @@ TrainSummary run_training(const Config& cfg) {
     user_error("parallel.tp = ", world.tp(), ": tensor parallelism is not implemented yet (use 1)");
   const int dp_rank = world.dp_rank(), dp_size = world.dp();
   const bool lead = world.rank() == 0;
-  cpu_set_threads(static_cast<int>(cfg.train.threads));
   // Everything that can fail on bad input happens before anything is written.
   Dataset data = load_dataset(cfg.model, cfg.data);
-  CpuBackend be;
-  Trainer trainer(cfg, be, &world.dp_comm());
+  Runtime rt = make_runtime(cfg, world);
+  Backend& be = *rt.backend;
+  Trainer trainer(cfg, be, rt.dp);
   trainer.init();
   check_save_path(cfg.train.save);
   if (lead) prepare_out_dir(cfg);
@@ -124,7 +125,7 @@ TrainSummary run_training(const Config& cfg) {
   RankLog rank_log(str(cfg.train.out_dir, "/logs/rank", world.rank(), ".log"), world.rank());
 
   std::cout << "multihead train: " << cfg.source << " | " << trainer.model().num_params()
-            << " parameters | backend " << be.name() << " | " << cfg.train.steps << " steps | "
+            << " parameters | " << rt.description << " | " << cfg.train.steps << " steps | "
             << world.size() << " rank(s), dp " << dp_size << " (this is rank " << world.rank()
             << " on " << world.hostname() << ") | out " << cfg.train.out_dir << "\n"
             << "effective config:\n"

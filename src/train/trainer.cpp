@@ -1,16 +1,30 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
 
 namespace mh {
 
+DType compute_dtype(Precision p) {
+  switch (p) {
+    case Precision::fp32:
+      return DType::f32;
+    case Precision::bf16:
+      return DType::bf16;
+    case Precision::fp16:
+      return DType::f16;
+  }
+  return DType::f32;
+}
+
 Trainer::Trainer(const Config& cfg, Backend& be, Communicator* dp)
     : cfg_(cfg),
       be_(be),
-      model_(std::make_unique<Transformer>(be, cfg.model, DType::f32)),
+      model_(std::make_unique<Transformer>(be, cfg.model, compute_dtype(cfg.train.precision))),
       adam_(be, cfg.train),
       ctx_(be),
       dp_(dp && dp->size() > 1 ? dp : nullptr) {
@@ -24,6 +38,7 @@ Trainer::Trainer(const Config& cfg, Backend& be, Communicator* dp)
                                              cfg.parallel.overlap);
   }
   adam_.add_params(std::move(params));
+  if (cfg.train.precision == Precision::fp16) loss_scale_ = cfg.train.loss_scale;
   // Each dp rank holds different sentences: its dropout masks must be its own, not copies of
   // rank 0's for the same positions.
   ctx_.seed =
@@ -41,6 +56,7 @@ void Trainer::init() {
     model_->for_each_param([&](Param& p) { works.push_back(dp_->broadcast(p.value, 0)); });
     for (Work& w : works) w.wait();
   }
+  adam_.sync_masters();
 }
 
 void Trainer::sum_over_ranks(double* values, int n) {
@@ -77,8 +93,10 @@ StepResult Trainer::train_step(const std::function<Batch()>& next_batch) {
     ctx_.begin_forward(static_cast<uint64_t>(micro_step_++));
     Tensor logits = model_->forward(ctx_, batch.input);
     Tensor dlogits = be_.empty(logits.shape(), logits.dtype());
-    XentResult x = be_.softmax_xent(logits, batch.labels, cfg_.model.pad_id,
-                                    cfg_.train.label_smoothing, 1.0, &dlogits);
+    // fp16: the loss gradient is multiplied by the loss scale so small gradients stay
+    // representable; the optimizer divides it out again.
+    XentResult x = be_.softmax_xent(logits, be_.to_device(batch.labels), cfg_.model.pad_id,
+                                    cfg_.train.label_smoothing, loss_scale_, &dlogits);
     model_->backward(ctx_, dlogits);
     r.compute_s += std::chrono::duration<double>(Clock::now() - t0).count();
     sum.loss_sum += x.loss_sum;
@@ -100,7 +118,20 @@ StepResult Trainer::train_step(const std::function<Batch()>& next_batch) {
   // Gradients hold d(loss_sum) over the global batch; the mean over its tokens is one scale
   // away. (Averaging by the number of ranks instead would weigh a rank's tokens by how many
   // it happened to get, and differ from single-process training.)
-  r.grad_norm = adam_.step(r.lr, global_tokens > 0 ? 1.0 / global_tokens : 0.0);
+  r.loss_scale = loss_scale_;
+  r.grad_norm = adam_.step(r.lr, global_tokens > 0 ? 1.0 / (global_tokens * loss_scale_) : 0.0);
+  r.skipped = !std::isfinite(r.grad_norm);
+  if (r.skipped) --step_;  // the schedule does not advance over a skipped step
+  if (cfg_.train.precision == Precision::fp16) {
+    // Dynamic loss scaling: halve on overflow, double after a window of clean steps.
+    if (r.skipped) {
+      loss_scale_ = std::max(1.0, loss_scale_ / 2);
+      good_steps_ = 0;
+    } else if (++good_steps_ >= cfg_.train.loss_scale_window) {
+      loss_scale_ *= 2;
+      good_steps_ = 0;
+    }
+  }
   return r;
 }
 

@@ -20,9 +20,14 @@ struct StepResult {
   double nll = 0;   // mean negative log-likelihood per target token
   int64_t tgt_tokens = 0, src_tokens = 0, micro_batches = 0;
   double lr = 0, grad_norm = 0;
-  double compute_s = 0;  // forward + backward on this rank
-  BucketTiming comm;     // data-parallel gradient all-reduce (zero without data parallelism)
+  double compute_s = 0;   // forward + backward on this rank
+  bool skipped = false;   // inf/nan gradients: no update (fp16: the loss scale was halved)
+  double loss_scale = 1;  // fp16 dynamic loss scale used for this step (1 otherwise)
+  BucketTiming comm;      // data-parallel gradient all-reduce (zero without data parallelism)
 };
+
+// The dtype activations and weights are computed in for a train.precision.
+DType compute_dtype(Precision p);
 
 struct EvalResult {
   int64_t tokens = 0;
@@ -64,6 +69,8 @@ class Trainer {
   Communicator* dp_ = nullptr;  // null or size 1: no data parallelism
   std::unique_ptr<GradBuckets> buckets_;
   int64_t step_ = 0, micro_step_ = 0;
+  double loss_scale_ = 1;   // fp16: dynamic loss scale (1 in fp32/bf16)
+  int64_t good_steps_ = 0;  // fp16: steps since the last overflow
 };
 
 }  // namespace mh

@@ -45,7 +45,10 @@ void blas_select_kernels(char** argv) {
 }
 
 std::string blas_description() {
+  // openblas_get_config() reads "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ...": keep name + version.
   std::string config = openblas_get_config() ? openblas_get_config() : "OpenBLAS";
+  const size_t second_space = config.find(' ', config.find(' ') + 1);
+  if (second_space != std::string::npos) config.resize(second_space);
   const char* core = openblas_get_corename();
   return config + " (kernels: " + (core ? core : "?") + ")";
 }

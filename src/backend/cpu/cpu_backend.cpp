@@ -99,6 +99,19 @@ void CpuBackend::copy(const Tensor& src, Tensor& dst) {
   std::memmove(dst.raw(), src.raw(), src.nbytes());
 }
 
+void CpuBackend::cast(const Tensor& src, Tensor& dst) {
+  MH_CHECK(src.numel() == dst.numel(), "cast ", shape_str(src.shape()), " to ",
+           shape_str(dst.shape()));
+  if (src.dtype() == dst.dtype()) return copy(src, dst);
+  dispatch_float(src.dtype(), [&]<typename S>() {
+    dispatch_float(dst.dtype(), [&]<typename D>() {
+      const S* s = src.data<S>();
+      D* d = dst.data<D>();
+      for (int64_t i = 0; i < src.numel(); ++i) d[i] = static_cast<D>(s[i]);
+    });
+  });
+}
+
 namespace {
 template <typename T>
 T gelu(T x) {

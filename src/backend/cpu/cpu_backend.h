@@ -21,6 +21,7 @@ class CpuBackend : public Backend {
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void scale(Tensor& x, double s) override;
   void copy(const Tensor& src, Tensor& dst) override;
+  void cast(const Tensor& src, Tensor& dst) override;
   void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                      Tensor& y, Tensor& mean, Tensor& rstd) override;
   void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
