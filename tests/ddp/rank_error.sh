@@ -29,6 +29,11 @@ check_ended() {
   local label=$1 rc=$2 elapsed=$3 want=$4 pattern=$5 problems=""
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     problems+="still running after $LIMIT s (killed by timeout): the job hangs; "
+  elif [ "$rc" = 139 ] && grep -q "MPI_ABORT was invoked" "$T/$label.err"; then
+    # Open MPI 4.1's mpirun itself sometimes segfaults in PMIx_server_finalize while tearing
+    # the job down after an MPI_Abort (seen in CI). The job still ended, promptly, non-zero,
+    # with our message: what this test is about. The exit code is then mpirun's, not ours.
+    :
   elif [[ "|$want|" != *"|$rc|"* ]]; then
     problems+="exit code $rc, expected $want; "
   fi
