@@ -28,7 +28,7 @@ add_test(NAME cli.info_json
          COMMAND $<TARGET_FILE:multihead> info --config configs/paper-base.yaml
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(cli.info_json PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
-  "^{\"config\": \"configs/paper-base.yaml\", \"params\": 63082496, .*\"backends\": \\[\"cpu\"\\]")
+  "^{\"config\": \"configs/paper-base.yaml\", \"params\": 63082496, .*\"backends\": \\[\"cpu\"(\\]|, \"cuda\"\\], \"cuda_devices\": [0-9]+)")
 
 # Bad input: exit 2, one line naming file, line, key and value.
 mh_cli_test(unknown_key 2

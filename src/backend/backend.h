@@ -52,6 +52,8 @@ struct Backend {
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   // x *= s
   virtual void scale(Tensor& x, double s) = 0;
+  // x = 0 (every dtype)
+  virtual void zero(Tensor& x) = 0;
   // dst = src (same shape and dtype, any devices this backend can reach)
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
   // dst = src converted to dst's dtype (same numel, same device): master weights ↔ compute copies.

@@ -68,7 +68,7 @@ int bench_train(int argc, char** argv) {
   const int dp = world.dp();
   cfg.data.batch_size = batch * dp;
   Runtime rt = make_runtime(cfg, world);
-  Trainer trainer(cfg, *rt.backend, rt.dp);
+  Trainer trainer(cfg, *rt.backend, rt.dp, rt.dp_host);
   trainer.init();
   std::mt19937_64 rng(cfg.train.seed + static_cast<uint64_t>(world.rank()));
   const Batch b = random_batch(rng, cfg, batch, src_len, tgt_len);

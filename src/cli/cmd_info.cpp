@@ -8,6 +8,9 @@
 #include "cli/common_options.h"
 #include "core/json.h"
 #include "model/model_stats.h"
+#ifdef MH_WITH_CUDA
+#include "backend/cuda/cuda_available.h"
+#endif
 
 namespace mh::cli {
 namespace {
@@ -29,13 +32,20 @@ int run_info(int argc, char** argv) {
   if (tgt_len <= 0) tgt_len = src_len;
   const int64_t params = count_params(cfg.model);
   const TokenFlops flops = flops_per_token(cfg.model, src_len, tgt_len);
+#ifdef MH_WITH_CUDA
+  // Compiled-in backends, and how many GPUs this machine shows (0 without a driver or GPU).
+  const std::string backends =
+      "[\"cpu\", \"cuda\"], \"cuda_devices\": " + std::to_string(cuda_device_count());
+#else
+  const std::string backends = "[\"cpu\"]";
+#endif
   std::cout << "{\"config\": " << json_string(cfg.source) << ", \"params\": " << params
             << ", \"params_millions\": " << json_number(static_cast<double>(params) / 1e6, "%.2f")
             << ", \"flops_per_token_train\": " << json_number(flops.train, "%.0f")
             << ", \"flops_per_token_fwd\": " << json_number(flops.forward, "%.0f")
             << ", \"src_len\": " << json_number(src_len, "%.6g")
-            << ", \"tgt_len\": " << json_number(tgt_len, "%.6g")
-            << ", \"backends\": [\"cpu\"], \"blas\": " << json_string(blas_description())
+            << ", \"tgt_len\": " << json_number(tgt_len, "%.6g") << ", \"backends\": " << backends
+            << ", \"blas\": " << json_string(blas_description())
             << ", \"dtype\": " << json_string(name_of(cfg.train.precision)) << "}\n";
   return 0;
 }

@@ -25,6 +25,16 @@ struct WaiterCount {
 
 void Work::wait() {
   if (!state_) return;
+  if (state_->poll && !state_->done_flag.load(std::memory_order_acquire)) {
+    // Polled completion (work_state.h): this thread drives it.
+    std::exception_ptr err;
+    try {
+      state_->block();
+    } catch (...) {
+      err = std::current_exception();
+    }
+    state_->finish(err);
+  }
   if (!state_->done_flag.load(std::memory_order_acquire)) {
     WaiterCount counted(state_->waiters.get());
     std::unique_lock<std::mutex> lock(state_->mu);
@@ -34,13 +44,25 @@ void Work::wait() {
 }
 
 bool Work::test() {
-  return !state_ || state_->done_flag.load(std::memory_order_acquire);
+  if (!state_ || state_->done_flag.load(std::memory_order_acquire)) return true;
+  if (!state_->poll) return false;
+  bool ended = false;
+  std::exception_ptr err;
+  try {
+    ended = state_->poll();
+  } catch (...) {
+    ended = true;  // failed: complete, and wait() rethrows
+    err = std::current_exception();
+  }
+  if (ended) state_->finish(err);
+  return ended;
 }
 
 double Work::seconds() const {
   if (!state_) return 0.0;
   MH_CHECK(state_->done_flag.load(std::memory_order_acquire),
            "Work::seconds() before the collective completed");
+  if (state_->elapsed) return state_->elapsed();
   return std::chrono::duration<double>(state_->end - state_->start).count();
 }
 

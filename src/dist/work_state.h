@@ -6,12 +6,21 @@
 // wait() will rethrow. `waiters`, when set, is the communicator's count of threads blocked in
 // wait(): a driver that polls (the MPI progress thread) may poll harder while it is non-zero,
 // because the waiting thread has given up its core.
+//
+// Polled completion (a device-side driver: NCCL on a CUDA stream). Such a communicator has no
+// thread of its own to call complete(); it sets `poll` (true once the collective has ended,
+// without blocking; may throw its failure) and `block` (returns once it has ended; may throw),
+// and optionally `elapsed` (the collective's own seconds, e.g. between two CUDA events). Work's
+// test() and wait() then drive completion themselves: the first caller that sees the end calls
+// finish() (complete() at most once, whichever thread gets there first). When `poll` is unset
+// (the MPI communicator) nothing of this applies.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -29,6 +38,9 @@ struct Work::State {
   std::exception_ptr error;                   // set before done; rethrown by wait()
   Clock::time_point start{}, end{};           // written by the communication side before done
   std::shared_ptr<std::atomic<int>> waiters;  // optional, see above
+  std::function<bool()> poll;                 // optional: polled completion, see above
+  std::function<void()> block;                // with poll: blocks until complete
+  std::function<double()> elapsed;            // optional: seconds(), instead of end - start
 
   void mark_started() { start = Clock::now(); }
   // Marks the collective complete (with `err` if it failed) and wakes every waiter.
@@ -36,6 +48,19 @@ struct Work::State {
     end = Clock::now();
     {
       std::lock_guard<std::mutex> lock(mu);
+      error = std::move(err);
+      done = true;
+      done_flag.store(true, std::memory_order_release);
+    }
+    cv.notify_all();
+  }
+  // Polled completion: complete(err) unless the collective already completed (so a test() and a
+  // wait() racing on other threads complete it once).
+  void finish(std::exception_ptr err = nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (done) return;
+      end = Clock::now();
       error = std::move(err);
       done = true;
       done_flag.store(true, std::memory_order_release);

@@ -171,7 +171,7 @@ void Transformer::for_each_param(const ParamVisitor& f) {
 }
 
 void Transformer::zero_grad() {
-  for_each_param([](Param& p) { p.grad.zero_(); });
+  for_each_param([this](Param& p) { be_.zero(p.grad); });
 }
 
 int64_t Transformer::num_params() {

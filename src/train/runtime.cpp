@@ -34,7 +34,7 @@ Runtime make_runtime(const Config& cfg, World& world) {
                  visible_gpus() > 0 ? "set train.device=cuda" : "no CUDA device is visible", ")");
     cpu_set_threads(static_cast<int>(cfg.train.threads));
     rt.backend = std::make_unique<CpuBackend>();
-    rt.dp = &world.dp_comm();
+    rt.dp = rt.dp_host = &world.dp_comm();
     rt.description = "cpu (" + blas_description() + "), dp over " + rt.dp->name();
     return rt;
   }
@@ -44,7 +44,7 @@ Runtime make_runtime(const Config& cfg, World& world) {
   const int dev = world.local_rank() % gpus;
   rt.backend = make_cuda_backend(dev);
   auto* cuda = static_cast<CudaBackend*>(rt.backend.get());
-  rt.dp = &world.dp_comm();
+  rt.dp = rt.dp_host = &world.dp_comm();
   std::string how = rt.dp->name();
   if (world.dp() > 1) {
     auto* mpi = dynamic_cast<MpiCommunicator*>(&world.dp_comm());

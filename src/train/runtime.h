@@ -15,7 +15,8 @@ namespace mh {
 
 struct Runtime {
   std::unique_ptr<Backend> backend;
-  Communicator* dp = nullptr;                 // the data-parallel communicator to use
+  Communicator* dp = nullptr;                 // the data-parallel communicator for gradients
+  Communicator* dp_host = nullptr;            // the same ranks over host memory (MPI)
   std::unique_ptr<Communicator> owned_dp;     // when it is not one of World's
   std::unique_ptr<Communicator> staged_base;  // host-staged: its inner communicator
   std::string description;                    // e.g. "cuda:0, dp over nccl"

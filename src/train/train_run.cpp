@@ -110,7 +110,7 @@ TrainSummary run_training(const Config& cfg) {
   Dataset data = load_dataset(cfg.model, cfg.data);
   Runtime rt = make_runtime(cfg, world);
   Backend& be = *rt.backend;
-  Trainer trainer(cfg, be, rt.dp);
+  Trainer trainer(cfg, be, rt.dp, rt.dp_host);
   trainer.init();
   check_save_path(cfg.train.save);
   if (lead) prepare_out_dir(cfg);

@@ -21,13 +21,14 @@ DType compute_dtype(Precision p) {
   return DType::f32;
 }
 
-Trainer::Trainer(const Config& cfg, Backend& be, Communicator* dp)
+Trainer::Trainer(const Config& cfg, Backend& be, Communicator* dp, Communicator* dp_host)
     : cfg_(cfg),
       be_(be),
       model_(std::make_unique<Transformer>(be, cfg.model, compute_dtype(cfg.train.precision))),
       adam_(be, cfg.train),
       ctx_(be),
-      dp_(dp && dp->size() > 1 ? dp : nullptr) {
+      dp_(dp && dp->size() > 1 ? dp : nullptr),
+      dp_host_(dp_ ? (dp_host ? dp_host : dp_) : nullptr) {
   std::vector<Param*> params;
   model_->for_each_param([&](Param& p) { params.push_back(&p); });
   if (dp_) {
@@ -63,7 +64,7 @@ void Trainer::sum_over_ranks(double* values, int n) {
   if (!dp_) return;
   Tensor t = Tensor::empty({n}, DType::f64);
   std::copy(values, values + n, t.data<double>());
-  dp_->all_reduce(t, ReduceOp::sum).wait();
+  dp_host_->all_reduce(t, ReduceOp::sum).wait();
   std::copy(t.data<double>(), t.data<double>() + n, values);
 }
 

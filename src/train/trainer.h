@@ -41,7 +41,10 @@ class Trainer {
   // rank, gradients are summed over ranks in buckets overlapped with backward (GradBuckets) and
   // the step averages over the global number of target tokens, so the update equals one process
   // training on the whole global batch.
-  Trainer(const Config& cfg, Backend& be, Communicator* dp = nullptr);
+  // dp_host: the same ranks over host memory, for a few scalars a step (token counts, losses);
+  // defaults to dp (NCCL, which works on device buffers only, needs MPI's here).
+  Trainer(const Config& cfg, Backend& be, Communicator* dp = nullptr,
+          Communicator* dp_host = nullptr);
 
   // Random init from train.seed, or the weights of train.init_from; then, with data
   // parallelism, rank 0's weights are broadcast so every replica starts identical.
@@ -67,6 +70,7 @@ class Trainer {
   Adam adam_;
   Ctx ctx_;
   Communicator* dp_ = nullptr;  // null or size 1: no data parallelism
+  Communicator* dp_host_ = nullptr;
   std::unique_ptr<GradBuckets> buckets_;
   int64_t step_ = 0, micro_step_ = 0;
   double loss_scale_ = 1;   // fp16: dynamic loss scale (1 in fp32/bf16)

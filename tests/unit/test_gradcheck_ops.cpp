@@ -150,7 +150,9 @@ TEST_F(OpsTest, DropoutMaskIsThePhiloxStream) {
   for (int64_t i = 0; i < n; ++i) {
     const bool keep = philox_uniform_at(seed, offset, static_cast<uint64_t>(i)) >= 0.3f;
     ASSERT_EQ(y.item(i) != 0, keep) << "element " << i;
-    if (keep) ASSERT_FLOAT_EQ(y.item(i), (1.0 + i) / 0.7);
+    if (keep) {
+      ASSERT_FLOAT_EQ(y.item(i), (1.0 + i) / 0.7);
+    }
   }
 }
 

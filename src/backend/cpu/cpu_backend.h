@@ -20,6 +20,7 @@ class CpuBackend : public Backend {
   void bias_grad(const Tensor& dy, Tensor& dbias) override;
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void scale(Tensor& x, double s) override;
+  void zero(Tensor& x) override { x.zero_(); }
   void copy(const Tensor& src, Tensor& dst) override;
   void cast(const Tensor& src, Tensor& dst) override;
   void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,

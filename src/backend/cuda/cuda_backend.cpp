@@ -1,0 +1,340 @@
+// The CUDA backend (cuda_backend.h): thin wrappers over the kernels.h launchers and cuBLASLt.
+#include "backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "backend/cuda/cuda_available.h"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels/kernels.h"
+
+namespace mh {
+
+namespace {
+void check_on_gpu(const Tensor& t, const char* what) {
+  MH_CHECK(t.device() == Device::cuda, what, ": tensor is not on the GPU");
+}
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear it: no driver or no device is not an error here
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  return std::make_unique<CudaBackend>(device);
+}
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  const int count = cuda_device_count();
+  MH_CHECK(device >= 0 && device < count, "CUDA device ", device, " of ", count);
+  MH_CUDA_CHECK(cudaSetDevice(device));
+  MH_CUDA_CHECK(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking));
+  MH_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_, cudaStreamNonBlocking));
+  MH_CUDA_CHECK(cudaEventCreateWithFlags(&compute_event_, cudaEventDisableTiming));
+  MH_CUDA_CHECK(cudaEventCreateWithFlags(&comm_event_, cudaEventDisableTiming));
+  alloc_ = std::make_shared<cuda::CachingAllocator>(device);
+  workspace_ = alloc_->allocate(cuda::GemmLt::kWorkspaceBytes);
+  gemm_ = std::make_unique<cuda::GemmLt>(workspace_.get(), cuda::GemmLt::kWorkspaceBytes);
+  sums_ = empty({3}, DType::f64);
+}
+
+CudaBackend::~CudaBackend() {
+  // No checks in a destructor: finish the work, then release in reverse order.
+  cudaStreamSynchronize(compute_);
+  cudaStreamSynchronize(comm_);
+  gemm_.reset();
+  workspace_.reset();
+  sums_ = Tensor();
+  key_len_dev_ = Tensor();
+  cudaEventDestroy(comm_event_);
+  cudaEventDestroy(compute_event_);
+  cudaStreamDestroy(comm_);
+  cudaStreamDestroy(compute_);
+  // alloc_ goes last; tensors still alive keep it alive until they are released.
+}
+
+Tensor CudaBackend::empty(const Shape& shape, DType dtype) {
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  return Tensor::wrap(alloc_->allocate(bytes), shape, dtype, Device::cuda);
+}
+
+Tensor CudaBackend::zeros(const Shape& shape, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  if (t.nbytes() > 0) MH_CUDA_CHECK(cudaMemsetAsync(t.raw(), 0, t.nbytes(), compute_));
+  return t;
+}
+
+void CudaBackend::comm_wait_compute() {
+  MH_CUDA_CHECK(cudaEventRecord(compute_event_, compute_));
+  MH_CUDA_CHECK(cudaStreamWaitEvent(comm_, compute_event_, 0));
+}
+
+void CudaBackend::compute_wait_comm() {
+  MH_CUDA_CHECK(cudaEventRecord(comm_event_, comm_));
+  MH_CUDA_CHECK(cudaStreamWaitEvent(compute_, comm_event_, 0));
+}
+
+void CudaBackend::synchronize() {
+  MH_CUDA_CHECK(cudaStreamSynchronize(compute_));
+  MH_CUDA_CHECK(cudaStreamSynchronize(comm_));
+}
+
+void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+                       double alpha, double beta) {
+  gemm_->gemm(a, trans_a, b, trans_b, c, alpha, beta, compute_);
+}
+
+void CudaBackend::add_bias(Tensor& y, const Tensor& bias) {
+  cuda::add_bias(y, bias, compute_);
+}
+void CudaBackend::bias_grad(const Tensor& dy, Tensor& dbias) {
+  cuda::bias_grad(dy, dbias, compute_);
+}
+void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
+  cuda::add(a, b, out, compute_);
+}
+void CudaBackend::zero(Tensor& x) {
+  cuda::fill_zero(x, compute_);
+}
+
+void CudaBackend::scale(Tensor& x, double s) {
+  cuda::scale(x, s, compute_);
+}
+void CudaBackend::cast(const Tensor& src, Tensor& dst) {
+  cuda::cast(src, dst, compute_);
+}
+
+void CudaBackend::copy(const Tensor& src, Tensor& dst) {
+  MH_CHECK(src.numel() == dst.numel() && src.dtype() == dst.dtype(), "copy ",
+           shape_str(src.shape()), " ", dtype_name(src.dtype()), " -> ", shape_str(dst.shape()),
+           " ", dtype_name(dst.dtype()));
+  const size_t bytes = src.nbytes();
+  if (bytes == 0) return;
+  const bool from_gpu = src.device() == Device::cuda, to_gpu = dst.device() == Device::cuda;
+  if (!from_gpu && !to_gpu) {
+    std::memmove(dst.raw(), src.raw(), bytes);
+    return;
+  }
+  const cudaMemcpyKind kind = from_gpu
+                                  ? (to_gpu ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
+                                  : cudaMemcpyHostToDevice;
+  MH_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), bytes, kind, compute_));
+  // The host may read dst as soon as copy() returns.
+  if (!to_gpu) MH_CUDA_CHECK(cudaStreamSynchronize(compute_));
+}
+
+void CudaBackend::layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                double eps, Tensor& y, Tensor& mean, Tensor& rstd) {
+  cuda::layernorm_fwd(x, weight, bias, eps, y, mean, rstd, compute_);
+}
+
+void CudaBackend::layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                Tensor& dbias) {
+  cuda::layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, compute_);
+}
+
+void CudaBackend::activation_fwd(ActKind kind, const Tensor& x, Tensor& y) {
+  cuda::activation_fwd(kind, x, y, compute_);
+}
+void CudaBackend::activation_bwd(ActKind kind, const Tensor& dy, const Tensor& x, Tensor& dx) {
+  cuda::activation_bwd(kind, dy, x, dx, compute_);
+}
+void CudaBackend::dropout_fwd(const Tensor& x, double p, uint64_t seed, uint64_t offset,
+                              Tensor& y) {
+  cuda::dropout_fwd(x, p, seed, offset, y, compute_);
+}
+void CudaBackend::dropout_bwd(const Tensor& dy, double p, uint64_t seed, uint64_t offset,
+                              Tensor& dx) {
+  cuda::dropout_bwd(dy, p, seed, offset, dx, compute_);
+}
+void CudaBackend::embed_fwd(const Tensor& ids, const Tensor& table, const Tensor& pe, double scale,
+                            Tensor& y) {
+  cuda::embed_fwd(ids, table, pe, scale, y, compute_);
+}
+void CudaBackend::embed_bwd(const Tensor& ids, const Tensor& dy, double scale, Tensor& dtable) {
+  cuda::embed_bwd(ids, dy, scale, dtable, compute_);
+}
+
+// --- attention: cuBLASLt strided-batched GEMMs + the masked softmax kernels -----------------
+
+const int32_t* CudaBackend::device_key_len(const AttnArgs& a) {
+  MH_CHECK(a.key_len, "attention needs key lengths");
+  const auto n = static_cast<size_t>(a.batch);
+  if (key_len_dev_.defined() && key_len_host_.size() == n &&
+      std::equal(key_len_host_.begin(), key_len_host_.end(), a.key_len))
+    return key_len_dev_.data<int32_t>();
+  key_len_host_.assign(a.key_len, a.key_len + n);
+  if (!key_len_dev_.defined() || key_len_dev_.numel() < static_cast<int64_t>(n))
+    key_len_dev_ = empty({static_cast<int64_t>(std::max<size_t>(n, 1))}, DType::i32);
+  // Pageable source: cudaMemcpyAsync stages it before returning, and the stream orders this
+  // write after the kernels still reading the previous lengths.
+  MH_CUDA_CHECK(cudaMemcpyAsync(key_len_dev_.raw(), key_len_host_.data(), n * sizeof(int32_t),
+                                cudaMemcpyHostToDevice, compute_));
+  return key_len_dev_.data<int32_t>();
+}
+
+void CudaBackend::attn_gemm(const AttnArgs& a, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                            AttnOperand x, AttnOperand y, void* c, int64_t ldc, int64_t c_stride_b,
+                            int64_t c_stride_h, DType ab, DType ct) {
+  // cuBLASLt has one batch stride: batch over the larger of (batch, heads), loop over the other.
+  const bool batch_over_b = a.batch >= a.heads;
+  const int64_t outer = batch_over_b ? a.heads : a.batch;
+  cuda::GemmShape g;
+  g.trans_a = ta;
+  g.trans_b = tb;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.lda = x.ld;
+  g.ldb = y.ld;
+  g.ldc = ldc;
+  g.batch = batch_over_b ? a.batch : a.heads;
+  g.stride_a = batch_over_b ? x.stride_b : x.stride_h;
+  g.stride_b = batch_over_b ? y.stride_b : y.stride_h;
+  g.stride_c = batch_over_b ? c_stride_b : c_stride_h;
+  g.ab = ab;
+  g.c = ct;
+  const size_t ea = dtype_size(ab), ec = dtype_size(ct);
+  for (int64_t o = 0; o < outer; ++o) {
+    const int64_t xo = batch_over_b ? x.stride_h : x.stride_b;
+    const int64_t yo = batch_over_b ? y.stride_h : y.stride_b;
+    const int64_t co = batch_over_b ? c_stride_h : c_stride_b;
+    gemm_->run(g, 1.0, static_cast<const std::byte*>(x.ptr) + o * xo * ea,
+               static_cast<const std::byte*>(y.ptr) + o * yo * ea, 0.0,
+               static_cast<std::byte*>(c) + o * co * ec, compute_);
+  }
+}
+
+namespace {
+void check_attn(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                const Tensor& probs) {
+  const int64_t d = a.heads * a.head_dim;
+  MH_CHECK(q.numel() == a.batch * a.len_q * d && k.numel() == a.batch * a.len_k * d &&
+               v.numel() == k.numel(),
+           "attention shapes: q ", shape_str(q.shape()), " k ", shape_str(k.shape()));
+  MH_CHECK(probs.numel() == a.batch * a.heads * a.len_q * a.len_k, "attention probs shape");
+  MH_CHECK(q.dtype() == k.dtype() && k.dtype() == v.dtype() && probs.dtype() == q.dtype(),
+           "attention dtypes");
+  check_on_gpu(q, "attention");
+  check_on_gpu(k, "attention");
+  check_on_gpu(v, "attention");
+  check_on_gpu(probs, "attention");
+}
+}  // namespace
+
+void CudaBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor& k,
+                                const Tensor& v, Tensor& out, Tensor& probs) {
+  check_attn(a, q, k, v, probs);
+  MH_CHECK(out.numel() == q.numel() && out.dtype() == q.dtype(), "attention out");
+  if (a.batch == 0 || a.heads == 0 || a.len_q == 0) return;
+  const int64_t d = a.heads * a.head_dim, lq = a.len_q, lk = a.len_k, dk = a.head_dim;
+  if (lk == 0 || dk == 0) {
+    cuda::fill_zero(out, compute_);
+    if (probs.numel() > 0) cuda::fill_zero(probs, compute_);
+    return;
+  }
+  const int32_t* key_len = device_key_len(a);
+  const DType t = q.dtype();
+  // S = Q Kᵀ per (b, h): [Lq, dk] · [Lk, dk]ᵀ into probs[b, h] (unscaled: the softmax scales).
+  attn_gemm(a, false, true, lq, lk, dk, {q.raw(), d, lq * d, dk}, {k.raw(), d, lk * d, dk},
+            probs.raw(), lk, a.heads * lq * lk, lq * lk, t, t);
+  Tensor p4 = probs.view({a.batch, a.heads, lq, lk});  // the kernel's [B, H, Lq, Lk]
+  cuda::masked_softmax_fwd(p4, key_len, a.causal, a.scale, compute_);
+  // O = P V: [Lq, Lk] · [Lk, dk] into out's head column block.
+  attn_gemm(a, false, false, lq, dk, lk, {probs.raw(), lk, a.heads * lq * lk, lq * lk},
+            {v.raw(), d, lk * d, dk}, out.raw(), d, lq * d, dk, t, t);
+}
+
+void CudaBackend::attention_bwd(const AttnArgs& a, const Tensor& dout, const Tensor& q,
+                                const Tensor& k, const Tensor& v, const Tensor& probs, Tensor& dq,
+                                Tensor& dk_out, Tensor& dv) {
+  check_attn(a, q, k, v, probs);
+  MH_CHECK(dout.numel() == q.numel() && dq.numel() == q.numel() && dk_out.numel() == k.numel() &&
+               dv.numel() == v.numel(),
+           "attention_bwd shapes");
+  const int64_t d = a.heads * a.head_dim, lq = a.len_q, lk = a.len_k, dk = a.head_dim;
+  if (a.batch == 0 || a.heads == 0 || dk == 0) return;
+  if (lq == 0 || lk == 0) {
+    if (dq.numel()) cuda::fill_zero(dq, compute_);
+    if (dk_out.numel()) cuda::fill_zero(dk_out, compute_);
+    if (dv.numel()) cuda::fill_zero(dv, compute_);
+    return;
+  }
+  const DType t = q.dtype();
+  const int64_t p_b = a.heads * lq * lk, p_h = lq * lk;
+  // dV = Pᵀ dO: [Lk, Lq] · [Lq, dk]
+  attn_gemm(a, true, false, lk, dk, lq, {probs.raw(), lk, p_b, p_h}, {dout.raw(), d, lq * d, dk},
+            dv.raw(), d, lk * d, dk, t, t);
+  // dP = dO Vᵀ: [Lq, dk] · [Lk, dk]ᵀ, then dS = P ∘ (dP − rowsum(dP ∘ P)) · scale in place.
+  const Tensor p4 = probs.view({a.batch, a.heads, lq, lk});
+  Tensor ds = empty(p4.shape(), t);
+  attn_gemm(a, false, true, lq, lk, dk, {dout.raw(), d, lq * d, dk}, {v.raw(), d, lk * d, dk},
+            ds.raw(), lk, p_b, p_h, t, t);
+  cuda::masked_softmax_bwd(p4, ds, a.scale, compute_);
+  // dQ = dS K: [Lq, Lk] · [Lk, dk]
+  attn_gemm(a, false, false, lq, dk, lk, {ds.raw(), lk, p_b, p_h}, {k.raw(), d, lk * d, dk},
+            dq.raw(), d, lq * d, dk, t, t);
+  // dK = dSᵀ Q: [Lk, Lq] · [Lq, dk]
+  attn_gemm(a, true, false, lk, dk, lq, {ds.raw(), lk, p_b, p_h}, {q.raw(), d, lq * d, dk},
+            dk_out.raw(), d, lk * d, dk, t, t);
+  // `ds` returns to the allocator here; later work on this stream is ordered after its readers.
+}
+
+// --- host-returning reductions --------------------------------------------------------------
+
+XentResult CudaBackend::softmax_xent(const Tensor& logits, const Tensor& labels, int64_t pad_id,
+                                     double smoothing, double grad_scale, Tensor* dlogits) {
+  MH_CUDA_CHECK(cudaMemsetAsync(sums_.raw(), 0, 3 * sizeof(double), compute_));
+  cuda::softmax_xent(logits, labels, pad_id, smoothing, grad_scale, dlogits, sums_, compute_);
+  double host[3] = {0, 0, 0};
+  MH_CUDA_CHECK(cudaMemcpyAsync(host, sums_.raw(), sizeof(host), cudaMemcpyDeviceToHost, compute_));
+  MH_CUDA_CHECK(cudaStreamSynchronize(compute_));
+  XentResult r;
+  r.loss_sum = host[0];
+  r.nll_sum = host[1];
+  r.tokens = static_cast<int64_t>(host[2] + 0.5);
+  return r;
+}
+
+double CudaBackend::sum_squares(const Tensor& x) {
+  Tensor out = sums_.view({3}).rows(0, 1);
+  MH_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, sizeof(double), compute_));
+  if (x.numel() > 0) cuda::sum_squares(x, out, compute_);
+  double host = 0;
+  MH_CUDA_CHECK(cudaMemcpyAsync(&host, out.raw(), sizeof(host), cudaMemcpyDeviceToHost, compute_));
+  MH_CUDA_CHECK(cudaStreamSynchronize(compute_));
+  return host;
+}
+
+void CudaBackend::adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr,
+                            double beta1, double beta2, double eps, double weight_decay,
+                            int64_t step, double grad_scale) {
+  MH_CHECK(param.dtype() == DType::f32 && grad.dtype() == DType::f32 && m.dtype() == DType::f32 &&
+               v.dtype() == DType::f32,
+           "adam_step: F32 params, grads and moments");
+  MH_CHECK(
+      grad.numel() == param.numel() && m.numel() == param.numel() && v.numel() == param.numel(),
+      "adam_step shapes");
+  if (param.numel() == 0) return;
+  // A one-tensor list: [params*, grads*, m*, v*, size] in one small device block.
+  struct Slot {
+    float* p[4];
+    int64_t size;
+  } host{{param.data<float>(), const_cast<float*>(grad.data<float>()), m.data<float>(),
+          v.data<float>()},
+         param.numel()};
+  Tensor dev = empty({static_cast<int64_t>(sizeof(Slot))}, DType::u8);
+  MH_CUDA_CHECK(cudaMemcpyAsync(dev.raw(), &host, sizeof(Slot), cudaMemcpyHostToDevice, compute_));
+  auto* slot = static_cast<Slot*>(dev.raw());
+  cuda::AdamTensorList list{&slot->p[0], &slot->p[1], &slot->p[2],  &slot->p[3],
+                            &slot->size, 1,           param.numel()};
+  cuda::adam_multi(list, lr, beta1, beta2, eps, weight_decay, step, grad_scale, compute_);
+}
+
+}  // namespace mh

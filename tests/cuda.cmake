@@ -1,0 +1,15 @@
+# GPU tests (cmake/cuda.cmake sets MH_CUDA_ENABLED): one gtest executable per
+# tests/cuda/test_*.cpp, labelled gpu. Each skips with "no CUDA device: GPU test skipped" when
+# the machine has no GPU, so they also pass (as skipped) on CPU-only machines.
+if(NOT MH_CUDA_ENABLED)
+  return()
+endif()
+file(GLOB MH_CUDA_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/cuda/test_*.cpp)
+foreach(src ${MH_CUDA_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(${name} ${src})
+  target_link_libraries(${name} PRIVATE libmultihead GTest::gtest GTest::gtest_main)
+  target_compile_definitions(${name} PRIVATE MH_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+                                             MH_BINARY_DIR="${CMAKE_BINARY_DIR}")
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS gpu)
+endforeach()
