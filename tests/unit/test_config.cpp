@@ -404,7 +404,11 @@ TEST(ModelStats, FlopsAreTwiceMatmulParamsPlusAttention) {
 
 TEST(ModelStats, TypicalSequenceLength) {
   Config c = load_config_text(kEmbeddedToyYaml, "embedded:toy.yaml");
-  EXPECT_DOUBLE_EQ(typical_seq_len(c), (4 + 12) / 2.0 + 1);
+  EXPECT_DOUBLE_EQ(typical_seq_len(c),
+                   (c.data.toy_min_len + c.data.toy_max_len) / 2.0 + 1);  // mean length + EOS
+  c.data.toy_min_len = 4;
+  c.data.toy_max_len = 12;
+  EXPECT_DOUBLE_EQ(typical_seq_len(c), 9);
   c.data.task = "pairs";
   EXPECT_DOUBLE_EQ(typical_seq_len(c), 32);
   c.model.max_len = 16;
