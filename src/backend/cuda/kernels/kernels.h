@@ -18,8 +18,9 @@
 namespace mh::cuda {
 
 // --- elementwise.cu --------------------------------------------------------------------------
-void add_bias(Tensor& y, const Tensor& bias, cudaStream_t s);       // y[n,:] += bias (bias F32 or y's dtype)
-void bias_grad(const Tensor& dy, Tensor& dbias, cudaStream_t s);    // dbias (F32 or dy's) += Σ_n dy
+void add_bias(Tensor& y, const Tensor& bias,
+              cudaStream_t s);  // y[n,:] += bias (bias F32 or y's dtype)
+void bias_grad(const Tensor& dy, Tensor& dbias, cudaStream_t s);  // dbias (F32 or dy's) += Σ_n dy
 void add(const Tensor& a, const Tensor& b, Tensor& out, cudaStream_t s);
 void scale(Tensor& x, double s_, cudaStream_t s);
 void fill_zero(Tensor& x, cudaStream_t s);
@@ -42,8 +43,8 @@ void embed_fwd(const Tensor& ids, const Tensor& table, const Tensor& pe, double 
 void embed_bwd(const Tensor& ids, const Tensor& dy, double scale, Tensor& dtable, cudaStream_t s);
 
 // --- layernorm.cu: one warp (or block) per row, fp32 statistics --------------------------------
-void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                   Tensor& y, Tensor& mean, Tensor& rstd, cudaStream_t s);
+void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                   Tensor& mean, Tensor& rstd, cudaStream_t s);
 // dx = ...; dweight, dbias (F32) += ... (column sums: per-block partials, then a reduction)
 void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                    const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias, cudaStream_t s);
