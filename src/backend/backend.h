@@ -58,6 +58,14 @@ struct Backend {
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
   // dst = src converted to dst's dtype (same numel, same device): master weights ↔ compute copies.
   virtual void cast(const Tensor& src, Tensor& dst) = 0;
+  // dst = host converted to dst's dtype: copied as it is to this device, then cast there (the
+  // host only holds f32/f64; bf16/f16 copies are made on the device).
+  void upload(const Tensor& host, Tensor& dst) {
+    if (host.dtype() == dst.dtype()) return copy(host, dst);
+    Tensor staged = empty(host.shape(), host.dtype());
+    copy(host, staged);
+    cast(staged, dst);
+  }
   // t itself when it is on this backend's device, else a copy there.
   Tensor to_device(const Tensor& t) {
     if (t.device() == device()) return t;

@@ -56,13 +56,7 @@ Transformer::Transformer(Backend& be, const ModelConfig& cfg, DType dtype)
     return j % 2 == 0 ? std::sin(angle) : std::cos(angle);
   });
   pe_ = be.empty(pe.shape(), dtype);
-  if (pe.dtype() == dtype) {
-    be.copy(pe, pe_);
-  } else {
-    Tensor staged = be.empty(pe.shape(), pe.dtype());
-    be.copy(pe, staged);
-    be.cast(staged, pe_);
-  }
+  be.upload(pe, pe_);
 }
 
 void Transformer::init(uint64_t seed) {
@@ -86,13 +80,7 @@ void Transformer::init(uint64_t seed) {
       const bool norm_weight = ends_with(p.name, "norm.weight");
       fill_host(host, [&](int64_t) { return norm_weight ? 1.0 : 0.0; });
     }
-    if (host.dtype() == p.value.dtype()) {
-      be_.copy(host, p.value);
-    } else {  // reduced-precision compute copy: upload in fp32, convert on the device
-      Tensor staged = be_.empty(host.shape(), host.dtype());
-      be_.copy(host, staged);
-      be_.cast(staged, p.value);
-    }
+    be_.upload(host, p.value);  // reduced-precision values are narrowed on the device
   });
 }
 

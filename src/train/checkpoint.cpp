@@ -46,14 +46,7 @@ int64_t load_weights(Transformer& model, Backend& be, const std::string& path) {
     if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
       user_error(path, ": tensor '", p.name, "' is ", dtype_name(t.dtype()), ", expected F32");
     const bool reduced = p.value.dtype() != DType::f32 && p.value.dtype() != DType::f64;
-    Tensor converted = host_as(be, t, reduced ? DType::f32 : p.value.dtype());
-    if (reduced) {  // upload in f32, narrow on the device
-      Tensor staged = be.empty(converted.shape(), DType::f32);
-      be.copy(converted, staged);
-      be.cast(staged, p.value);
-    } else {
-      be.copy(converted, p.value);
-    }
+    be.upload(host_as(be, t, reduced ? DType::f32 : p.value.dtype()), p.value);
     used.insert(p.name);
   });
   for (const auto& [name, t] : file.tensors)
