@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "core/attn_impl.h"
 #include "core/tensor.h"
 
 namespace mh {
@@ -17,11 +18,29 @@ enum class ActKind { relu, gelu };
 // Arguments of multi-head scaled dot-product attention over a batch of padded sequences.
 // q rows are [B, Lq, H*dk] and k/v rows [B, Lk, H*dk]: heads interleaved, exactly the output of
 // the projections, so no transposes are needed.
+//
+// Attention dropout (dropout > 0) drops probabilities after the softmax (inverted dropout, as
+// Backend::dropout_fwd): probability P[b, h, i, j] is kept iff
+// philox_uniform_at(seed, offset, ((b·H + h)·Lq + i)·Lk + j) >= dropout (core/philox.h), i.e. the
+// mask Backend::dropout_fwd would draw over a [B, H, Lq, Lk] tensor. Every implementation draws
+// the same bits, in forward and in backward.
 struct AttnArgs {
   int64_t batch = 0, heads = 0, len_q = 0, len_k = 0, head_dim = 0;
   const int32_t* key_len = nullptr;  // [B] valid keys per sequence (key-padding mask); host
   bool causal = false;               // query i sees keys j <= i
   double scale = 0;                  // usually 1/sqrt(head_dim)
+  double dropout = 0;                // attention dropout probability (0 = off)
+  uint64_t seed = 0, offset = 0;     // its Philox stream
+  AttnImpl impl = AttnImpl::naive;   // GPU implementation (see AttnImpl)
+};
+
+// What attention_fwd keeps for attention_bwd; which fields are set depends on the implementation
+// that ran (the backend allocates them). Callers only hold it between the two calls.
+struct AttnSaved {
+  Tensor out;    // the forward output (fused backward needs rowsum(dO ∘ O))
+  Tensor probs;  // [B, H, Lq, Lk] softmax probabilities, before dropout (naive, CPU)
+  Tensor lse;    // F32 softmax statistics: row log-sum-exp of the scaled scores (custom, cudnn)
+  AttnImpl ran = AttnImpl::naive;  // the implementation that produced them
 };
 
 struct XentResult {
@@ -101,13 +120,14 @@ struct Backend {
   // dtable[ids[b, t], :] += scale * dy[b, t, :]
   virtual void embed_bwd(const Tensor& ids, const Tensor& dy, double scale, Tensor& dtable) = 0;
 
-  // out = softmax(q kᵀ * scale + mask) v per (batch, head).  q, out: [B, Lq, H*dk];
-  // k, v: [B, Lk, H*dk]; probs: [B, H, Lq, Lk] saved for backward (masked entries 0).
+  // out = dropout(softmax(q kᵀ · scale + mask)) v per (batch, head).  q, out: [B, Lq, H*dk];
+  // k, v: [B, Lk, H*dk]. A query row with no visible key outputs 0. `saved` receives what
+  // attention_bwd needs (see AttnSaved).
   virtual void attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
-                             Tensor& out, Tensor& probs) = 0;
-  // dq, dk, dv = ... (overwritten)
+                             Tensor& out, AttnSaved& saved) = 0;
+  // dq, dk, dv = ... (overwritten; keys past key_len get 0). `a` and q, k, v as in forward.
   virtual void attention_bwd(const AttnArgs& a, const Tensor& dout, const Tensor& q,
-                             const Tensor& k, const Tensor& v, const Tensor& probs, Tensor& dq,
+                             const Tensor& k, const Tensor& v, const AttnSaved& saved, Tensor& dq,
                              Tensor& dk, Tensor& dv) = 0;
 
   // Label-smoothed cross-entropy with PyTorch's semantics

@@ -26,7 +26,7 @@ namespace {
 
 // A typed pointer to one field of a Config.
 using FieldRef = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, NormPlacement*,
-                              Activation*, Precision*>;
+                              Activation*, Precision*, AttnImpl*>;
 
 struct Option {
   std::string_view key;                   // "section.name"
@@ -39,12 +39,14 @@ struct Option {
 constexpr std::string_view kNormNames[] = {"post", "pre"};
 constexpr std::string_view kActivationNames[] = {"relu", "gelu"};
 constexpr std::string_view kPrecisionNames[] = {"fp32", "bf16", "fp16"};
+constexpr std::string_view kAttnImplNames[] = {"naive", "custom", "cudnn"};
 
 template <typename E>
 std::span<const std::string_view> enum_names() {
   if constexpr (std::is_same_v<E, NormPlacement>) return kNormNames;
   if constexpr (std::is_same_v<E, Activation>) return kActivationNames;
   if constexpr (std::is_same_v<E, Precision>) return kPrecisionNames;
+  if constexpr (std::is_same_v<E, AttnImpl>) return kAttnImplNames;
 }
 
 #define MH_OPTION(section, name, help)                                                   \
@@ -78,6 +80,13 @@ const std::vector<Option>& options() {
                 "One matrix for source embedding, target embedding and output projection."),
       MH_OPTION(model, max_len,
                 "Longest sequence in tokens, BOS/EOS included (positional-encoding table size)."),
+      MH_OPTION(model, attention,
+                "Attention implementation on a GPU: custom (our fused flash-style kernels), cudnn "
+                "(cuDNN's fused SDPA) or naive (GEMM + softmax + GEMM). custom and cudnn need "
+                "bf16/fp16 (train.precision); fp32 attention and the CPU backend always compute "
+                "it exactly, unfused."),
+      MH_OPTION(model, attention_dropout,
+                "Dropout probability on the attention probabilities (0 in the paper)."),
       MH_OPTION(model, pad_id, "Token id of padding; never attended to, never in the loss."),
       // data
       MH_CHOICE(data, task, (std::vector<std::string_view>{"reverse", "numbers", "pairs"}),
@@ -517,6 +526,7 @@ class Loader {
     at_least("model.encoder_layers", m.encoder_layers, 1);
     at_least("model.decoder_layers", m.decoder_layers, 1);
     unit_interval("model.dropout", m.dropout);
+    unit_interval("model.attention_dropout", m.attention_dropout);
     positive("model.norm_eps", m.norm_eps);
     at_least("model.max_len", m.max_len, 2);
 
@@ -656,6 +666,9 @@ std::string_view name_of(Activation v) {
 }
 std::string_view name_of(Precision v) {
   return kPrecisionNames[static_cast<size_t>(v)];
+}
+std::string_view name_of(AttnImpl v) {
+  return kAttnImplNames[static_cast<size_t>(v)];
 }
 
 std::string closest_match(std::string_view word, const std::vector<std::string>& candidates) {

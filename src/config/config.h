@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/attn_impl.h"
+
 namespace mh {
 
 enum class NormPlacement { post, pre };  // post: the paper; pre: LayerNorm inside the residual
@@ -18,6 +20,7 @@ enum class Precision { fp32, bf16, fp16 };
 std::string_view name_of(NormPlacement v);
 std::string_view name_of(Activation v);
 std::string_view name_of(Precision v);
+std::string_view name_of(AttnImpl v);
 
 struct ModelConfig {
   int64_t vocab_size = 37000;
@@ -33,6 +36,9 @@ struct ModelConfig {
   bool share_embeddings = true;  // one matrix: source, target embedding and output projection
   int64_t max_len = 256;         // longest sequence (positional-encoding table size)
   int64_t pad_id = 0;
+  // Attention implementation on a GPU (core/attn_impl.h); the CPU has one exact implementation.
+  AttnImpl attention = AttnImpl::custom;
+  double attention_dropout = 0.0;  // on attention probabilities (not in the paper: default off)
 };
 
 struct DataConfig {

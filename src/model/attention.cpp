@@ -5,13 +5,14 @@
 namespace mh {
 
 MultiHeadAttention::MultiHeadAttention(Backend& be, const std::string& name, int64_t d_model,
-                                       int64_t heads, DType dtype)
+                                       int64_t heads, DType dtype, AttnOptions options)
     : q_proj(be, name + ".q_proj", d_model, d_model, dtype),
       k_proj(be, name + ".k_proj", d_model, d_model, dtype),
       v_proj(be, name + ".v_proj", d_model, d_model, dtype),
       o_proj(be, name + ".o_proj", d_model, d_model, dtype),
       d_model_(d_model),
-      heads_(heads) {
+      heads_(heads),
+      options_(options) {
   MH_CHECK(d_model % heads == 0, "d_model ", d_model, " heads ", heads);
 }
 
@@ -21,20 +22,26 @@ Tensor MultiHeadAttention::forward(Ctx& ctx, const Tensor& x_q, const Tensor& x_
   MH_CHECK(x_kv.dim(0) == b && static_cast<int64_t>(mask.key_len.size()) == b,
            "attention batch sizes");
   mask_ = mask;
-  args_ = AttnArgs{b,
-                   heads_,
-                   lq,
-                   lk,
-                   d_model_ / heads_,
-                   mask_.key_len.data(),
-                   mask.causal,
-                   1.0 / std::sqrt(static_cast<double>(d_model_ / heads_))};
+  args_ = AttnArgs{};
+  args_.batch = b;
+  args_.heads = heads_;
+  args_.len_q = lq;
+  args_.len_k = lk;
+  args_.head_dim = d_model_ / heads_;
+  args_.key_len = mask_.key_len.data();
+  args_.causal = mask.causal;
+  args_.scale = 1.0 / std::sqrt(static_cast<double>(d_model_ / heads_));
+  args_.impl = options_.impl;
+  if (ctx.training && options_.dropout > 0) {  // a dropout site only when it drops something
+    args_.dropout = options_.dropout;
+    args_.seed = ctx.seed;
+    args_.offset = ctx.next_dropout_offset();
+  }
   q_ = q_proj.forward(ctx, x_q);   // [B, Lq, D]
   k_ = k_proj.forward(ctx, x_kv);  // [B, Lk, D]
   v_ = v_proj.forward(ctx, x_kv);  // [B, Lk, D]
   Tensor att = ctx.be.empty(q_.shape(), q_.dtype());
-  probs_ = ctx.be.empty({b, heads_, lq, lk}, q_.dtype());
-  ctx.be.attention_fwd(args_, q_, k_, v_, att, probs_);
+  ctx.be.attention_fwd(args_, q_, k_, v_, att, saved_);
   return o_proj.forward(ctx, att);
 }
 
@@ -44,8 +51,9 @@ std::pair<Tensor, Tensor> MultiHeadAttention::backward(Ctx& ctx, const Tensor& d
   Tensor dk = ctx.be.empty(k_.shape(), dy.dtype());
   Tensor dv = ctx.be.empty(v_.shape(), dy.dtype());
   args_.key_len = mask_.key_len.data();
-  ctx.be.attention_bwd(args_, datt, q_, k_, v_, probs_, dq, dk, dv);
-  q_ = k_ = v_ = probs_ = Tensor();
+  ctx.be.attention_bwd(args_, datt, q_, k_, v_, saved_, dq, dk, dv);
+  q_ = k_ = v_ = Tensor();
+  saved_ = AttnSaved{};
   Tensor dx_q = q_proj.backward(ctx, dq);
   Tensor dx_kv = k_proj.backward(ctx, dk);
   Tensor dx_v = v_proj.backward(ctx, dv);

@@ -14,10 +14,16 @@ struct AttnMask {
   bool causal = false;
 };
 
+// How attention is computed (model.attention, model.attention_dropout).
+struct AttnOptions {
+  AttnImpl impl = AttnImpl::naive;
+  double dropout = 0;  // on the probabilities, in training only
+};
+
 class MultiHeadAttention {
  public:
   MultiHeadAttention(Backend& be, const std::string& name, int64_t d_model, int64_t heads,
-                     DType dtype);
+                     DType dtype, AttnOptions options = {});
   // x_q: [B, Lq, D] queries; x_kv: [B, Lk, D] keys/values (the same tensor for self-attention).
   // Returns [B, Lq, D].
   Tensor forward(Ctx& ctx, const Tensor& x_q, const Tensor& x_kv, const AttnMask& mask);
@@ -29,9 +35,11 @@ class MultiHeadAttention {
 
  private:
   int64_t d_model_, heads_;
+  AttnOptions options_;
   AttnArgs args_;
   AttnMask mask_;
-  Tensor q_, k_, v_, probs_;
+  Tensor q_, k_, v_;
+  AttnSaved saved_;
 };
 
 }  // namespace mh

@@ -6,6 +6,9 @@ namespace {
 ActKind act_kind(Activation a) {
   return a == Activation::relu ? ActKind::relu : ActKind::gelu;
 }
+AttnOptions attn_options(const ModelConfig& cfg) {
+  return AttnOptions{cfg.attention, cfg.attention_dropout};
+}
 }  // namespace
 
 // --- Residual -------------------------------------------------------------------------------
@@ -44,7 +47,7 @@ Tensor Residual::enter_backward(Ctx& ctx, const Tensor& d_body_in, const Tensor&
 
 EncoderLayer::EncoderLayer(Backend& be, const std::string& name, const ModelConfig& cfg,
                            DType dtype)
-    : self_attn(be, name + ".self_attn", cfg.d_model, cfg.heads, dtype),
+    : self_attn(be, name + ".self_attn", cfg.d_model, cfg.heads, dtype, attn_options(cfg)),
       self_res(be, name + ".self_attn_norm", cfg, dtype),
       ffn(be, name + ".ffn", cfg.d_model, cfg.d_ff, act_kind(cfg.activation), dtype),
       ffn_res(be, name + ".ffn_norm", cfg, dtype) {}
@@ -76,9 +79,9 @@ void EncoderLayer::for_each_param(const ParamVisitor& f) {
 
 DecoderLayer::DecoderLayer(Backend& be, const std::string& name, const ModelConfig& cfg,
                            DType dtype)
-    : self_attn(be, name + ".self_attn", cfg.d_model, cfg.heads, dtype),
+    : self_attn(be, name + ".self_attn", cfg.d_model, cfg.heads, dtype, attn_options(cfg)),
       self_res(be, name + ".self_attn_norm", cfg, dtype),
-      cross_attn(be, name + ".cross_attn", cfg.d_model, cfg.heads, dtype),
+      cross_attn(be, name + ".cross_attn", cfg.d_model, cfg.heads, dtype, attn_options(cfg)),
       cross_res(be, name + ".cross_attn_norm", cfg, dtype),
       ffn(be, name + ".ffn", cfg.d_model, cfg.d_ff, act_kind(cfg.activation), dtype),
       ffn_res(be, name + ".ffn_norm", cfg, dtype) {}

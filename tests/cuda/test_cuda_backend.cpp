@@ -237,9 +237,10 @@ std::vector<Case> attention_cases() {
     const char* name;
     int64_t lq, lk;
     bool causal;
+    double dropout;
   };
-  for (Geo g :
-       {Geo{"cross", 5, 6, false}, Geo{"causal", 6, 6, true}, Geo{"causal_lq4", 4, 6, true}}) {
+  for (Geo g : {Geo{"cross", 5, 6, false, 0}, Geo{"causal", 6, 6, true, 0},
+                Geo{"causal_lq4", 4, 6, true, 0}, Geo{"causal_dropout", 6, 6, true, 0.25}}) {
     for (DType t : {F32, BF16}) {
       for (bool bwd : {false, true}) {
         const int64_t b = 3, h = 4, dk = 16, d = h * dk;
@@ -248,8 +249,7 @@ std::vector<Case> attention_cases() {
         c.tensors = {{"q", {b, g.lq, d}, t, Init::rand},
                      {"k", {b, g.lk, d}, t, Init::rand},
                      {"v", {b, g.lk, d}, t, Init::rand},
-                     {"out", {b, g.lq, d}, t, Init::poison},
-                     {"probs", {b, h, g.lq, g.lk}, t, Init::poison}};
+                     {"out", {b, g.lq, d}, t, Init::poison}};
         if (bwd)
           c.tensors.insert(c.tensors.end(), {{"dout", {b, g.lq, d}, t, Init::rand},
                                              {"dq", {b, g.lq, d}, t, Init::poison},
@@ -266,9 +266,13 @@ std::vector<Case> attention_cases() {
           a.key_len = key_len;
           a.causal = g.causal;
           a.scale = 1.0 / std::sqrt(static_cast<double>(dk));
-          be.attention_fwd(a, e["q"], e["k"], e["v"], e["out"], e["probs"]);
+          a.dropout = g.dropout;
+          a.seed = 5;
+          a.offset = 11;
+          AttnSaved saved;  // naive on the GPU, the exact reference on the CPU
+          be.attention_fwd(a, e["q"], e["k"], e["v"], e["out"], saved);
           if (bwd)
-            be.attention_bwd(a, e["dout"], e["q"], e["k"], e["v"], e["probs"], e["dq"], e["dk"],
+            be.attention_bwd(a, e["dout"], e["q"], e["k"], e["v"], saved, e["dq"], e["dk"],
                              e["dv"]);
           return std::vector<double>{};
         };
@@ -493,7 +497,7 @@ TEST(CudaBackend, AllocatorReusesBlocks) {
     for (int64_t n : {1, 100, 4096, 300000, 1 << 20, 5 << 20}) live.push_back(be.empty({n}, F32));
     live.push_back(be.zeros({64, 64}, BF16));
     Tensor q = be.zeros({2, 8, 32}, F32), out = be.empty({2, 8, 32}, F32);
-    Tensor probs = be.empty({2, 2, 8, 8}, F32), dq = be.empty({2, 8, 32}, F32);
+    Tensor dq = be.empty({2, 8, 32}, F32);
     Tensor dk = be.empty({2, 8, 32}, F32), dv = be.empty({2, 8, 32}, F32);
     const int32_t key_len[2] = {8, 5};
     AttnArgs a;
@@ -504,8 +508,9 @@ TEST(CudaBackend, AllocatorReusesBlocks) {
     a.key_len = key_len;
     a.causal = true;
     a.scale = 0.25;
-    be.attention_fwd(a, q, q, q, out, probs);
-    be.attention_bwd(a, out, q, q, q, probs, dq, dk, dv);
+    AttnSaved saved;
+    be.attention_fwd(a, q, q, q, out, saved);
+    be.attention_bwd(a, out, q, q, q, saved, dq, dk, dv);
     Tensor c = be.empty({8, 8}, F32);
     be.gemm(q.view({16, 32}).rows(0, 8), false, q.view({16, 32}).rows(8, 16), true, c, 1.0, 0.0);
   };

@@ -381,9 +381,10 @@ std::vector<float> cpu_probs_from_scores(const SmCase& c, const std::vector<floa
   a.scale = scale;
   Tensor qh = host_f32(q, {c.b, c.lq, d}), kh = host_f32(k, {c.b, c.lk, d});
   Tensor vh = host_f32(randn(rng, k.size()), {c.b, c.lk, d});
-  Tensor out = Tensor::empty({c.b, c.lq, d}), probs = Tensor::empty({c.b, c.h, c.lq, c.lk});
-  cpu.attention_fwd(a, qh, kh, vh, out, probs);
-  return host_values(probs);
+  Tensor out = Tensor::empty({c.b, c.lq, d});
+  AttnSaved saved;
+  cpu.attention_fwd(a, qh, kh, vh, out, saved);
+  return host_values(saved.probs);
 }
 
 std::vector<SmCase> sm_cases(DType t) {
@@ -438,9 +439,11 @@ TEST(CudaKernelsB, MaskedSoftmaxFwdFromQK) {
     a.causal = causal;
     a.scale = 1 / std::sqrt(static_cast<double>(dk));
     CpuBackend cpu;
-    Tensor out = Tensor::empty({B, L, D}), probs = Tensor::empty({B, H, L, L});
+    Tensor out = Tensor::empty({B, L, D});
+    AttnSaved saved;
     cpu.attention_fwd(a, host_f32(q, {B, L, D}), host_f32(k, {B, L, D}), host_f32(v, {B, L, D}),
-                      out, probs);
+                      out, saved);
+    const Tensor& probs = saved.probs;
     std::vector<float> s(static_cast<size_t>(B * H * L * L));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)

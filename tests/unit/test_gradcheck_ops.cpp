@@ -179,6 +179,7 @@ struct AttnCase {
   int64_t b, h, lq, lk, dk;
   std::vector<int32_t> key_len;
   bool causal;
+  double dropout = 0;  // attention dropout (a fixed mask: seed and offset below)
 };
 
 TEST_F(OpsTest, Attention) {
@@ -186,6 +187,8 @@ TEST_F(OpsTest, Attention) {
       {"self_padded", 3, 2, 5, 5, 3, {5, 3, 1}, false},
       {"causal_padded", 3, 2, 6, 6, 2, {6, 4, 2}, true},
       {"cross", 2, 3, 4, 7, 2, {7, 5}, false},
+      {"causal_dropout", 2, 2, 6, 6, 2, {6, 3}, true, 0.3},
+      {"cross_dropout", 2, 2, 4, 5, 3, {5, 2}, false, 0.5},
   };
   for (const AttnCase& c : cases) {
     SCOPED_TRACE(c.name);
@@ -195,10 +198,13 @@ TEST_F(OpsTest, Attention) {
     GradVar v{"v", random_tensor({c.b, c.lk, d}, rng), {}};
     AttnArgs args{
         c.b, c.h, c.lq, c.lk, c.dk, c.key_len.data(), c.causal, 1 / std::sqrt(c.dk * 1.0)};
-    Tensor probs = Tensor::empty({c.b, c.h, c.lq, c.lk}, DType::f64);
+    args.dropout = c.dropout;
+    args.seed = 99;
+    args.offset = 7;
+    AttnSaved saved;
     auto fwd = [&] {
       Tensor out = Tensor::empty(q.value.shape(), DType::f64);
-      be.attention_fwd(args, q.value, k.value, v.value, out, probs);
+      be.attention_fwd(args, q.value, k.value, v.value, out, saved);
       return out;
     };
     auto bwd = [&](const Tensor& dout) {
@@ -206,17 +212,39 @@ TEST_F(OpsTest, Attention) {
       q.grad = Tensor::empty(q.value.shape(), DType::f64);
       k.grad = Tensor::empty(k.value.shape(), DType::f64);
       v.grad = Tensor::empty(v.value.shape(), DType::f64);
-      be.attention_bwd(args, dout, q.value, k.value, v.value, probs, q.grad, k.grad, v.grad);
+      be.attention_bwd(args, dout, q.value, k.value, v.value, saved, q.grad, k.grad, v.grad);
     };
     check_gradients(fwd, bwd, {&q, &k, &v}, 7, 40);
     // Masked keys carry no probability.
-    fwd();
+    Tensor out = fwd();
+    const Tensor& probs = saved.probs;
     for (int64_t b = 0; b < c.b; ++b)
       for (int64_t i = 0; i < c.lq; ++i)
         for (int64_t j = 0; j < c.lk; ++j)
           if (j >= c.key_len[b] || (c.causal && j > i)) {
             EXPECT_EQ(probs.item(((b * c.h) * c.lq + i) * c.lk + j), 0.0);
           }
+    if (c.dropout > 0) {
+      // The output is dropout(P) V with dropout_fwd's mask over the [B, H, Lq, Lk] tensor.
+      Tensor dropped = Tensor::empty(probs.shape(), DType::f64);
+      be.dropout_fwd(probs, c.dropout, args.seed, args.offset, dropped);
+      int64_t zeros = 0, kept = 0;
+      for (int64_t b = 0; b < c.b; ++b)
+        for (int64_t h = 0; h < c.h; ++h)
+          for (int64_t i = 0; i < c.lq; ++i) {
+            for (int64_t e = 0; e < c.dk; ++e) {
+              double want = 0;
+              for (int64_t j = 0; j < c.lk; ++j)
+                want += dropped.item(((b * c.h + h) * c.lq + i) * c.lk + j) *
+                        v.value.item((b * c.lk + j) * d + h * c.dk + e);
+              EXPECT_NEAR(out.item((b * c.lq + i) * d + h * c.dk + e), want, 1e-12);
+            }
+            for (int64_t j = 0; j < c.key_len[b] && (!c.causal || j <= i); ++j)
+              (dropped.item(((b * c.h + h) * c.lq + i) * c.lk + j) == 0 ? zeros : kept)++;
+          }
+      EXPECT_GT(zeros, 0);  // the mask really drops some visible probabilities
+      EXPECT_GT(kept, 0);
+    }
   }
 }
 

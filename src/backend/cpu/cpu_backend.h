@@ -35,9 +35,9 @@ class CpuBackend : public Backend {
                  Tensor& y) override;
   void embed_bwd(const Tensor& ids, const Tensor& dy, double scale, Tensor& dtable) override;
   void attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
-                     Tensor& out, Tensor& probs) override;
+                     Tensor& out, AttnSaved& saved) override;
   void attention_bwd(const AttnArgs& a, const Tensor& dout, const Tensor& q, const Tensor& k,
-                     const Tensor& v, const Tensor& probs, Tensor& dq, Tensor& dk,
+                     const Tensor& v, const AttnSaved& saved, Tensor& dq, Tensor& dk,
                      Tensor& dv) override;
   XentResult softmax_xent(const Tensor& logits, const Tensor& labels, int64_t pad_id,
                           double smoothing, double grad_scale, Tensor* dlogits) override;

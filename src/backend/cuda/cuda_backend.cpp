@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backend/cuda/attention/cudnn_sdpa.h"
 #include "backend/cuda/cuda_available.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels/kernels.h"
@@ -47,6 +48,7 @@ CudaBackend::~CudaBackend() {
   // No checks in a destructor: finish the work, then release in reverse order.
   cudaStreamSynchronize(compute_);
   cudaStreamSynchronize(comm_);
+  cudnn_sdpa_.reset();
   gemm_.reset();
   workspace_.reset();
   sums_ = Tensor();
@@ -159,131 +161,6 @@ void CudaBackend::embed_fwd(const Tensor& ids, const Tensor& table, const Tensor
 }
 void CudaBackend::embed_bwd(const Tensor& ids, const Tensor& dy, double scale, Tensor& dtable) {
   cuda::embed_bwd(ids, dy, scale, dtable, compute_);
-}
-
-// --- attention: cuBLASLt strided-batched GEMMs + the masked softmax kernels -----------------
-
-const int32_t* CudaBackend::device_key_len(const AttnArgs& a) {
-  MH_CHECK(a.key_len, "attention needs key lengths");
-  const auto n = static_cast<size_t>(a.batch);
-  if (key_len_dev_.defined() && key_len_host_.size() == n &&
-      std::equal(key_len_host_.begin(), key_len_host_.end(), a.key_len))
-    return key_len_dev_.data<int32_t>();
-  key_len_host_.assign(a.key_len, a.key_len + n);
-  if (!key_len_dev_.defined() || key_len_dev_.numel() < static_cast<int64_t>(n))
-    key_len_dev_ = empty({static_cast<int64_t>(std::max<size_t>(n, 1))}, DType::i32);
-  // Pageable source: cudaMemcpyAsync stages it before returning, and the stream orders this
-  // write after the kernels still reading the previous lengths.
-  MH_CUDA_CHECK(cudaMemcpyAsync(key_len_dev_.raw(), key_len_host_.data(), n * sizeof(int32_t),
-                                cudaMemcpyHostToDevice, compute_));
-  return key_len_dev_.data<int32_t>();
-}
-
-void CudaBackend::attn_gemm(const AttnArgs& a, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                            AttnOperand x, AttnOperand y, void* c, int64_t ldc, int64_t c_stride_b,
-                            int64_t c_stride_h, DType ab, DType ct) {
-  // cuBLASLt has one batch stride: batch over the larger of (batch, heads), loop over the other.
-  const bool batch_over_b = a.batch >= a.heads;
-  const int64_t outer = batch_over_b ? a.heads : a.batch;
-  cuda::GemmShape g;
-  g.trans_a = ta;
-  g.trans_b = tb;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.lda = x.ld;
-  g.ldb = y.ld;
-  g.ldc = ldc;
-  g.batch = batch_over_b ? a.batch : a.heads;
-  g.stride_a = batch_over_b ? x.stride_b : x.stride_h;
-  g.stride_b = batch_over_b ? y.stride_b : y.stride_h;
-  g.stride_c = batch_over_b ? c_stride_b : c_stride_h;
-  g.ab = ab;
-  g.c = ct;
-  const size_t ea = dtype_size(ab), ec = dtype_size(ct);
-  for (int64_t o = 0; o < outer; ++o) {
-    const int64_t xo = batch_over_b ? x.stride_h : x.stride_b;
-    const int64_t yo = batch_over_b ? y.stride_h : y.stride_b;
-    const int64_t co = batch_over_b ? c_stride_h : c_stride_b;
-    gemm_->run(g, 1.0, static_cast<const std::byte*>(x.ptr) + o * xo * ea,
-               static_cast<const std::byte*>(y.ptr) + o * yo * ea, 0.0,
-               static_cast<std::byte*>(c) + o * co * ec, compute_);
-  }
-}
-
-namespace {
-void check_attn(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
-                const Tensor& probs) {
-  const int64_t d = a.heads * a.head_dim;
-  MH_CHECK(q.numel() == a.batch * a.len_q * d && k.numel() == a.batch * a.len_k * d &&
-               v.numel() == k.numel(),
-           "attention shapes: q ", shape_str(q.shape()), " k ", shape_str(k.shape()));
-  MH_CHECK(probs.numel() == a.batch * a.heads * a.len_q * a.len_k, "attention probs shape");
-  MH_CHECK(q.dtype() == k.dtype() && k.dtype() == v.dtype() && probs.dtype() == q.dtype(),
-           "attention dtypes");
-  check_on_gpu(q, "attention");
-  check_on_gpu(k, "attention");
-  check_on_gpu(v, "attention");
-  check_on_gpu(probs, "attention");
-}
-}  // namespace
-
-void CudaBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor& k,
-                                const Tensor& v, Tensor& out, Tensor& probs) {
-  check_attn(a, q, k, v, probs);
-  MH_CHECK(out.numel() == q.numel() && out.dtype() == q.dtype(), "attention out");
-  if (a.batch == 0 || a.heads == 0 || a.len_q == 0) return;
-  const int64_t d = a.heads * a.head_dim, lq = a.len_q, lk = a.len_k, dk = a.head_dim;
-  if (lk == 0 || dk == 0) {
-    cuda::fill_zero(out, compute_);
-    if (probs.numel() > 0) cuda::fill_zero(probs, compute_);
-    return;
-  }
-  const int32_t* key_len = device_key_len(a);
-  const DType t = q.dtype();
-  // S = Q Kᵀ per (b, h): [Lq, dk] · [Lk, dk]ᵀ into probs[b, h] (unscaled: the softmax scales).
-  attn_gemm(a, false, true, lq, lk, dk, {q.raw(), d, lq * d, dk}, {k.raw(), d, lk * d, dk},
-            probs.raw(), lk, a.heads * lq * lk, lq * lk, t, t);
-  Tensor p4 = probs.view({a.batch, a.heads, lq, lk});  // the kernel's [B, H, Lq, Lk]
-  cuda::masked_softmax_fwd(p4, key_len, a.causal, a.scale, compute_);
-  // O = P V: [Lq, Lk] · [Lk, dk] into out's head column block.
-  attn_gemm(a, false, false, lq, dk, lk, {probs.raw(), lk, a.heads * lq * lk, lq * lk},
-            {v.raw(), d, lk * d, dk}, out.raw(), d, lq * d, dk, t, t);
-}
-
-void CudaBackend::attention_bwd(const AttnArgs& a, const Tensor& dout, const Tensor& q,
-                                const Tensor& k, const Tensor& v, const Tensor& probs, Tensor& dq,
-                                Tensor& dk_out, Tensor& dv) {
-  check_attn(a, q, k, v, probs);
-  MH_CHECK(dout.numel() == q.numel() && dq.numel() == q.numel() && dk_out.numel() == k.numel() &&
-               dv.numel() == v.numel(),
-           "attention_bwd shapes");
-  const int64_t d = a.heads * a.head_dim, lq = a.len_q, lk = a.len_k, dk = a.head_dim;
-  if (a.batch == 0 || a.heads == 0 || dk == 0) return;
-  if (lq == 0 || lk == 0) {
-    if (dq.numel()) cuda::fill_zero(dq, compute_);
-    if (dk_out.numel()) cuda::fill_zero(dk_out, compute_);
-    if (dv.numel()) cuda::fill_zero(dv, compute_);
-    return;
-  }
-  const DType t = q.dtype();
-  const int64_t p_b = a.heads * lq * lk, p_h = lq * lk;
-  // dV = Pᵀ dO: [Lk, Lq] · [Lq, dk]
-  attn_gemm(a, true, false, lk, dk, lq, {probs.raw(), lk, p_b, p_h}, {dout.raw(), d, lq * d, dk},
-            dv.raw(), d, lk * d, dk, t, t);
-  // dP = dO Vᵀ: [Lq, dk] · [Lk, dk]ᵀ, then dS = P ∘ (dP − rowsum(dP ∘ P)) · scale in place.
-  const Tensor p4 = probs.view({a.batch, a.heads, lq, lk});
-  Tensor ds = empty(p4.shape(), t);
-  attn_gemm(a, false, true, lq, lk, dk, {dout.raw(), d, lq * d, dk}, {v.raw(), d, lk * d, dk},
-            ds.raw(), lk, p_b, p_h, t, t);
-  cuda::masked_softmax_bwd(p4, ds, a.scale, compute_);
-  // dQ = dS K: [Lq, Lk] · [Lk, dk]
-  attn_gemm(a, false, false, lq, dk, lk, {ds.raw(), lk, p_b, p_h}, {k.raw(), d, lk * d, dk},
-            dq.raw(), d, lq * d, dk, t, t);
-  // dK = dSᵀ Q: [Lk, Lq] · [Lq, dk]
-  attn_gemm(a, true, false, lk, dk, lq, {ds.raw(), lk, p_b, p_h}, {q.raw(), d, lq * d, dk},
-            dk_out.raw(), d, lk * d, dk, t, t);
-  // `ds` returns to the allocator here; later work on this stream is ordered after its readers.
 }
 
 // --- host-returning reductions --------------------------------------------------------------

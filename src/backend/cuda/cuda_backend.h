@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -15,6 +17,10 @@
 #include "backend/cuda/gemm_cublaslt.h"
 
 namespace mh {
+
+namespace cuda {
+class CudnnSdpa;
+}
 
 class CudaBackend : public Backend {
  public:
@@ -48,9 +54,9 @@ class CudaBackend : public Backend {
                  Tensor& y) override;
   void embed_bwd(const Tensor& ids, const Tensor& dy, double scale, Tensor& dtable) override;
   void attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
-                     Tensor& out, Tensor& probs) override;
+                     Tensor& out, AttnSaved& saved) override;
   void attention_bwd(const AttnArgs& a, const Tensor& dout, const Tensor& q, const Tensor& k,
-                     const Tensor& v, const Tensor& probs, Tensor& dq, Tensor& dk,
+                     const Tensor& v, const AttnSaved& saved, Tensor& dq, Tensor& dk,
                      Tensor& dv) override;
   XentResult softmax_xent(const Tensor& logits, const Tensor& labels, int64_t pad_id,
                           double smoothing, double grad_scale, Tensor* dlogits) override;
@@ -73,6 +79,11 @@ class CudaBackend : public Backend {
   void synchronize();  // both streams
   cuda::CachingAllocator& allocator() { return *alloc_; }
   cuda::GemmLt& gemm_lt() { return *gemm_; }
+  // cuDNN's SDPA (created on first use: it loads cuDNN's engines).
+  cuda::CudnnSdpa& cudnn_sdpa();
+  // The implementation attention_fwd runs for these arguments and dtype: a.impl when it can,
+  // else naive (said once on stderr, with the reason).
+  AttnImpl attention_impl(const AttnArgs& a, DType t);
 
  private:
   // Device copy of the host key lengths, re-uploaded (async, on the compute stream) only when
@@ -97,6 +108,8 @@ class CudaBackend : public Backend {
   std::vector<int32_t> key_len_host_;
   Tensor key_len_dev_;
   Tensor sums_;  // F64 [3] for softmax_xent and sum_squares
+  std::unique_ptr<cuda::CudnnSdpa> cudnn_sdpa_;
+  std::set<std::string> attn_notes_;  // fallback notes already printed
 };
 
 }  // namespace mh

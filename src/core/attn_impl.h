@@ -1,0 +1,14 @@
+// Which attention implementation a GPU backend runs (model.attention; Backend::attention_fwd).
+// Its own header because both the configuration and the backends name it.
+#pragma once
+
+namespace mh {
+
+//   naive:  GEMM + masked softmax + GEMM; keeps the probabilities [B, H, Lq, Lk] for backward.
+//   custom: our fused flash-style kernels (backend/cuda/attention/); keeps the row log-sum-exp.
+//   cudnn:  cuDNN's fused scaled-dot-product attention (graph API); keeps its softmax statistics.
+// custom and cudnn compute in bf16/fp16 only: an F32 attention runs naive whatever the choice.
+// The CPU backend has one exact implementation and ignores the choice.
+enum class AttnImpl { naive, custom, cudnn };
+
+}  // namespace mh
