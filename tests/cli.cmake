@@ -19,6 +19,7 @@ mh_cli_test(info_help 0 "" info --help)
 mh_cli_test(eval_help 0 "" eval --help)
 mh_cli_test(train_help 0 "" train --help)
 mh_cli_test(bench_help 0 "" bench train --help)
+mh_cli_test(bench_attention_help 0 "" bench attention --help)
 mh_cli_test(info_paper_base 0 "" info --config configs/paper-base.yaml --set model.vocab_size=37000)
 mh_cli_test(info_paper_big 0 "" info --config configs/paper-big.yaml)
 mh_cli_test(info_embedded 0 "" info)
@@ -56,6 +57,9 @@ mh_cli_test(set_no_value 2 "multihead: error: --set model.heads: expected key=va
   info --set model.heads)
 mh_cli_test(set_wrong_type 2 "multihead: error: --set model.heads=many: expected an integer, got 'many'"
   config --set model.heads=many)
+mh_cli_test(bench_attention_bad_seq 2
+  "multihead: error: bench attention: --seq 128,x: expected positive integers separated by commas"
+  bench attention --seq 128,x)
 mh_cli_test(set_indivisible 2
   "multihead: error: --set model.heads=3: model.d_model (64) must be divisible by model.heads (3)"
   info --set model.heads=3)

@@ -1,6 +1,7 @@
 // `multihead bench <what>`: measured performance, printed beside nothing but facts of this run.
 //   bench train: training tokens/s of a config's model on full-length random batches.
 //   bench comm:  collective bandwidth of the Communicator beside raw MPI (nccl-tests' table).
+//   bench attention: TFLOP/s of the attention implementations (bench_attention.cpp).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,6 +19,9 @@
 #include "train/trainer.h"
 
 namespace mh::cli {
+
+int bench_attention(int argc, char** argv);  // bench_attention.cpp
+
 namespace {
 
 // A batch of random tokens, every sentence full length (no padding), so tokens per step are
@@ -402,16 +406,19 @@ int run_bench(int argc, char** argv) {
   const std::string what = argc >= 2 ? argv[1] : "";
   if (what == "train") return bench_train(argc - 1, argv + 1);
   if (what == "comm") return bench_comm(argc - 1, argv + 1);
+  if (what == "attention") return bench_attention(argc - 1, argv + 1);
   if (what == "-h" || what == "--help" || what.empty()) {
     std::cout
         << "usage: multihead bench <what> [options]   (multihead bench <what> --help)\n"
            "  train   training tokens/s of a config's model on random full-length batches\n"
            "  comm    collective bandwidth of the Communicator beside raw MPI (under mpirun)\n"
+           "  attention  TFLOP/s of the GPU attention implementations (custom, cudnn, naive)\n"
            "e.g. multihead bench train --config configs/bench-small.yaml --threads 1\n"
-           "     mpirun -np 2 multihead bench comm --op all_reduce --min 4K --max 256M\n";
+           "     mpirun -np 2 multihead bench comm --op all_reduce --min 4K --max 256M\n"
+           "     multihead bench attention --head-dim 64 --seq 1024,2048,4096\n";
     return what.empty() ? 2 : 0;
   }
-  user_error("bench: unknown benchmark '", what, "' (expected: train, comm)");
+  user_error("bench: unknown benchmark '", what, "' (expected: train, comm, attention)");
 }
 
 }  // namespace
