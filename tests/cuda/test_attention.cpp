@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -312,6 +313,9 @@ struct TypeDim {
   DType dtype;
   int head_dim;
 };
+void PrintTo(const TypeDim& t, std::ostream* os) {
+  *os << dtype_name(t.dtype) << " d" << t.head_dim;
+}
 class FlashLaunchers : public ::testing::TestWithParam<TypeDim> {};
 
 TEST_P(FlashLaunchers, EveryMaskAndLengthMatchesCpuF64) {
