@@ -184,6 +184,7 @@ void fill_from(const Tensor& pattern, Tensor& t, int64_t shift, cudaStream_t s) 
 
 struct Settings {
   DType dtype = DType::bf16;
+  std::string dtype_label = "bf16";  // as --dtype spells it (the peer script's spelling too)
   double dropout = 0, naive_max_gib = 8;
   int64_t iters = 20, warmup = 3;
   bool run_custom = true, run_cudnn = true, run_naive = true;
@@ -335,8 +336,8 @@ void print_row(const Row& r, const Settings& st, const std::string& device, bool
           "\"pass\": %s, \"gflop\": %s, \"custom_ms\": %s, \"custom_tflops\": %s, \"cudnn_ms\": "
           "%s, \"cudnn_tflops\": %s, \"naive_ms\": %s, \"naive_tflops\": %s, "
           "\"custom_vs_cudnn\": %s, \"iters\": %lld, \"device\": %s}\n",
-          json_string(form_name(pr.form)).c_str(), json_string(dtype_name(st.dtype)).c_str(),
-          pr.head_dim, pr.heads, pr.lens.size(), pr.max_len, pr.causal ? "true" : "false",
+          json_string(form_name(pr.form)).c_str(), json_string(st.dtype_label).c_str(), pr.head_dim,
+          pr.heads, pr.lens.size(), pr.max_len, pr.causal ? "true" : "false",
           static_cast<long long>(pr.tokens()), json_number(st.dropout, "%g").c_str(),
           json_string(ps.name).c_str(), json_number(ps.flops / 1e9, "%.3f").c_str(),
           json_number(ps.custom, "%.4f").c_str(), json_number(tc, "%.2f").c_str(),
@@ -451,6 +452,7 @@ int bench_attention(int argc, char** argv) {
   const std::string device = prop.name;
   Settings st;
   st.dtype = dtype;
+  st.dtype_label = dtype_text;
   st.dropout = dropout;
   st.naive_max_gib = naive_max_gib;
   st.iters = iters;
@@ -500,7 +502,7 @@ int bench_attention(int argc, char** argv) {
     std::printf(
         "# multihead bench attention: %s, %s, dropout %g; sweep: %lld tokens per batch (B = "
         "tokens / L), heads = %lld / head_dim%s\n",
-        device.c_str(), dtype_name(dtype), dropout, static_cast<long long>(tokens),
+        device.c_str(), dtype_text.c_str(), dropout, static_cast<long long>(tokens),
         static_cast<long long>(model_dim),
         mt.empty() ? ""
                    : str("; mt: ", mt.size(), " sentences of 10..100 tokens, ",
