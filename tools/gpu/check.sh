@@ -8,7 +8,9 @@
 #   multihead bench train (bench-small and paper-base, bf16) and the PyTorch peer on the same
 #   model and batch (tools/bench/torch_gpu_peer.py: AMP bf16, SDPA, eager and torch.compile);
 #   GEMM TFLOP/s of torch.matmul (and of multihead's cuBLASLt path when `multihead bench gemm`
-#   exists); then a summary table, printed last.
+#   exists); attention TFLOP/s of `multihead bench attention` (custom, cuDNN, naive) and of
+#   PyTorch's flash SDPA on the same problems (tools/bench/torch_attention_peer.py); then a
+#   summary table, printed last.
 # Everything finishes inside MH_CHECK_BUDGET seconds (default 450, under the 8 minutes asked):
 # each step's timeout is cut to what is left, and a step with under 10 s left is skipped.
 # Without a GPU it says so and still checks the payload: unpacking, the library paths, and
@@ -51,6 +53,11 @@ SMALL_MODEL=(--d-model 256 --heads 4 --d-ff 1024 --encoder-layers 3 --decoder-la
 BASE_MODEL=(--d-model 512 --heads 8 --d-ff 2048 --encoder-layers 6 --decoder-layers 6 --vocab 37000)
 MH_STEPS=(--steps 20 --warmup 5)
 PEER_STEPS=(--steps 20 --warmup-steps 5)
+# Attention: a reduced sweep (~30 s each side; the full one is for humans, docs/perf/attention.md):
+# head_dim 64, bf16, L 1024/2048/4096 over 16k tokens, causal and not, and the translation batch
+# packed and padded; the same options for multihead and the PyTorch peer, so their rows join.
+ATTN_ARGS=(--dtype bf16 --head-dim 64 --seq 1024,2048,4096 --causal=both --iters 10 --warmup 2
+  --json)
 
 say() { printf '[check %3ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
@@ -254,6 +261,8 @@ if ((HAVE_GPU)); then
     say "mh_gemm: multihead has no 'bench gemm' yet (TODO in tools/gpu/check.sh)"
     SUMMARY+=("mh_gemm|missing|0|no multihead bench gemm yet")
   fi
+  step mh_attention 60 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}"
+  step torch_attention 45 "$PY" tools/bench/torch_attention_peer.py "${ATTN_ARGS[@]}"
   # torch.compile last: its compile time is the least predictable.
   step torch_small_compile 90 "${PEER[@]}" train "${SMALL_MODEL[@]}" "${SMALL_ARGS[@]}" \
     "${PEER_STEPS[@]}" --precision bf16 --compile --json
@@ -296,6 +305,25 @@ if gemms:
     for r in gemms:
         print(f"{r['dtype'] + ' ' + str(r['m']) + 'x' + str(r['n']) + 'x' + str(r['k']):24s}"
               f" {r['impl']:14s} {r['tflops']:>8}")
+# Attention TFLOP/s (FlashAttention's FLOP count), joined on the problem's keys.
+key = lambda r: (r["case"], r["dtype"], r["head_dim"], r["causal"], r["seq"], r["pass"])
+mh_att = {key(r): r for r in rows if r.get("step") == "mh_attention"}
+pt_att = {key(r): r for r in rows if r.get("step") == "torch_attention"}
+if mh_att or pt_att:
+    print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
+          f" {'naive':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s}  TFLOP/s")
+    for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
+                                                             k[5] != "fwd")):
+        if k[2] != 64 or k[1] != "bf16" or k[5] not in ("fwd", "bwd"):
+            continue
+        m, t = mh_att.get(k, {}), pt_att.get(k, {})
+        c, tt, d, n = (m.get("custom_tflops"), t.get("torch_flash_tflops"),
+                       m.get("cudnn_tflops"), m.get("naive_tflops"))
+        f = lambda x: f"{x:.1f}" if x else "-"
+        ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+        label = f"{k[0]} {'causal' if k[3] else 'full'} L{k[4]} {k[5]}"
+        print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {ratio(c, tt):>9s}"
+              f" {ratio(c, d):>9s}")
 EOF
   echo "# total $(($(date +%s) - T0)) s (budget $BUDGET s); logs: $OUTDIR/logs.tar.gz"
 } >"$OUTDIR/summary.txt" 2>&1
