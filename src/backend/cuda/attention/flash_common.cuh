@@ -1,0 +1,168 @@
+// Device helpers shared by the custom attention kernels (flash_fwd.cu, flash_bwd.cu): the sm_80
+// tensor-core instruction (mma.sync m16n8k16, fp32 accumulators), ldmatrix, cp.async, the
+// swizzled shared-memory tile layout, and the dropout bits.
+//
+// Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), with
+// g = lane / 4 and t = lane % 4:
+//   A (16×16, 4 regs of 2 elements): a0 = (row g, cols 2t, 2t+1), a1 = (row g+8, same cols),
+//     a2 = (row g, cols 2t+8, 2t+9), a3 = (row g+8, cols 2t+8, 2t+9)
+//   B (16×8, 2 regs): b0 = (rows 2t, 2t+1, col g), b1 = (rows 2t+8, 2t+9, col g)
+//   C (16×8, 4 floats): c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g+8, cols 2t, 2t+1)
+// so an accumulator tile converts to an A operand in registers (C of n-tiles 2k and 2k+1 is A of
+// k-step k): P never leaves the registers between its two GEMMs.
+// ldmatrix.x4 loads four 8×8 matrices, lane l giving the row address of matrix l / 8, row l % 8;
+// each lane receives (row g, cols 2t, 2t+1) of each matrix, or with .trans (rows 2t, 2t+1,
+// col g): the B layout of a row-major [k][n] tile.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/philox.h"
+
+namespace mh::cuda::flash {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// d += a · b (m16n8k16, fp32 accumulate)
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// 16 bytes global -> shared, asynchronously; valid = false writes 16 zero bytes and reads nothing
+// (rows past a sequence's end: zeros keep 0 · V finite).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename T>
+__device__ __forceinline__ float to_f(T x);
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <>
+__device__ __forceinline__ float to_f<__half>(__half x) {
+  return __half2float(x);
+}
+
+// Element (row, col) of a shared-memory tile with COLS 16-bit elements per row. The 16-byte
+// chunks of a row are XOR-swizzled with the row index, so the 8 rows one ldmatrix reads at the
+// same column fall into different banks (an unswizzled 128- or 256-byte row puts them all in
+// one). cp.async writes and ldmatrix reads go through the same map.
+template <int COLS>
+__device__ __forceinline__ int swz(int row, int col) {
+  constexpr int kChunks = COLS / 8;
+  constexpr int kMask = (kChunks < 8 ? kChunks : 8) - 1;
+  return row * COLS + ((((col >> 3) ^ (row & kMask))) << 3) + (col & 7);
+}
+
+// Copies rows [0, ROWS) of a [*, COLS] global tile (row stride `stride` elements) into a swizzled
+// shared tile; rows >= `valid` become zeros. `safe` is any readable address (never dereferenced
+// for invalid rows, but the instruction still takes an operand).
+template <int ROWS, int COLS, int THREADS, typename T>
+__device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t stride, int valid,
+                                          const T* safe, int tid) {
+  constexpr int kChunksPerRow = COLS / 8;
+  constexpr int kTotal = ROWS * kChunksPerRow;
+#pragma unroll
+  for (int c = tid; c < kTotal; c += THREADS) {
+    const int r = c / kChunksPerRow, ch = c % kChunksPerRow;
+    const bool ok = r < valid;
+    cp_async16(smem + swz<COLS>(r, ch * 8), ok ? g + r * stride + ch * 8 : safe, ok);
+  }
+}
+
+// The 32 random bits behind element `idx` of the dropout stream (seed, offset): lane idx % 4 of
+// Philox block idx / 4, as philox_uniform_at (core/philox.h). Selected without indexing the
+// array by a run-time value (which would put it in local memory).
+__device__ __forceinline__ uint32_t dropout_bits(uint64_t seed, uint64_t offset, uint64_t idx) {
+  const uint64_t block = idx >> 2;
+  const Philox4 r = philox4x32(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+                               static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                               static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const uint32_t lane = static_cast<uint32_t>(idx & 3);
+  const uint32_t lo = lane & 1 ? r.v[1] : r.v[0], hi = lane & 1 ? r.v[3] : r.v[2];
+  return lane & 2 ? hi : lo;
+}
+
+// Where sequence b's rows are and how many there are (attention_problem.h's two batch forms).
+struct SeqRows {
+  int q0, len_q, k0, len_k;
+};
+__device__ __forceinline__ SeqRows seq_rows(int b, const int32_t* cu_q, const int32_t* cu_k,
+                                            const int32_t* key_len, int max_len_q, int max_len_k) {
+  SeqRows s;
+  if (cu_q) {
+    s.q0 = cu_q[b];
+    s.len_q = cu_q[b + 1] - s.q0;
+    s.k0 = cu_k[b];
+    s.len_k = cu_k[b + 1] - s.k0;
+  } else {
+    s.q0 = b * max_len_q;
+    s.len_q = max_len_q;
+    s.k0 = b * max_len_k;
+    const int n = key_len[b];
+    s.len_k = n < 0 ? 0 : (n > max_len_k ? max_len_k : n);
+  }
+  return s;
+}
+
+}  // namespace mh::cuda::flash
