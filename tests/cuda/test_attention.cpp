@@ -581,6 +581,8 @@ TEST(AttentionDropout, DropRateAndUnbiasedOutput) {
 
 // --- the three implementations against each other ------------------------------------------------
 
+const std::vector<TypeDim> kCompareTypes = {{BF16, 64}, {F16, 128}};
+
 const std::vector<Geo>& compare_geos() {
   static const std::vector<Geo> g = {
       {"len257_causal_pad", 3, 4, 257, 257, {257, 1, 100}, true},
@@ -593,7 +595,7 @@ const std::vector<Geo>& compare_geos() {
 void compare_impls(const std::vector<AttnImpl>& impls) {
   uint64_t seed = 900;
   for (const Geo& g : compare_geos())
-    for (const TypeDim td : {TypeDim{BF16, 64}, TypeDim{F16, 128}}) {
+    for (const TypeDim td : kCompareTypes) {
       const std::string what = label(g, td.dtype, td.head_dim);
       SCOPED_TRACE(what);
       AttnArgs a = args_of(g, td.head_dim);
@@ -622,13 +624,13 @@ TEST(AttentionImpls, CustomAndNaiveAgree) {
 TEST(AttentionImpls, CudnnAgreesWithCustomAndNaive) {
   MH_REQUIRE_GPU();
   for (const Geo& g : compare_geos())
-    for (DType t : {BF16, F16})
-      for (int d : {64, 128}) {
-        std::string why;
-        const cuda::AttnProblem p = problem_of(args_of(g, d), t);
-        if (!gpu().cudnn_sdpa().supports(p, &why))
-          GTEST_SKIP() << "cuDNN SDPA does not run " << label(g, t, d) << ": " << why;
-      }
+    for (const TypeDim td : kCompareTypes) {
+      std::string why;
+      const cuda::AttnProblem p = problem_of(args_of(g, td.head_dim), td.dtype);
+      if (!gpu().cudnn_sdpa().supports(p, &why))
+        GTEST_SKIP() << "cuDNN SDPA does not run " << label(g, td.dtype, td.head_dim) << ": "
+                     << why;
+    }
   compare_impls({AttnImpl::cudnn, AttnImpl::custom, AttnImpl::naive});
 }
 
