@@ -48,10 +48,12 @@ double rel_err(const std::vector<double>& got, const std::vector<double>& want) 
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-template <typename T, int D>
+template <typename T, int D, int FBM = kFwdBM, int FBN = kFwdBN, int BBN = kBwdBN,
+          int BBM = kBwdBMOf<D>>
 void run_case(const Spec& s, uint64_t seed) {
   SCOPED_TRACE(::testing::Message()
-               << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16"));
+               << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16")
+               << " tiles: forward " << FBM << "x" << FBN << ", backward " << BBN << "x" << BBM);
   const int B = static_cast<int>(s.len_q.size()), H = s.heads;
   int max_q = 0, max_k = 0;
   for (int b = 0; b < B; ++b)
@@ -143,8 +145,8 @@ void run_case(const Spec& s, uint64_t seed) {
   std::vector<float> lse(static_cast<size_t>(H * total_q), std::numeric_limits<float>::quiet_NaN());
   const FwdParams<T> fp =
       fwd_params<T>(pr, AttnFwdIO{q.data(), k.data(), v.data(), o.data(), lse.data()});
-  emu_launch((max_q + kFwdBM - 1) / kFwdBM, H, B, kFwdThreads, fwd_smem_bytes<T, D>(),
-             [&] { flash_fwd_kernel<T, D>(fp); });
+  emu_launch((max_q + FBM - 1) / FBM, H, B, fwd_threads(FBM), fwd_smem_bytes<T, D, FBM, FBN>(),
+             [&] { flash_fwd_kernel<T, D, FBM, FBN>(fp); });
 
   // Backward: D = rowsum(dO ∘ O) and the dQ conversion as flash_bwd.cu's small kernels do.
   std::vector<float> dsum(static_cast<size_t>(H * total_q)), dq_acc(q.size(), 0.f);
@@ -161,8 +163,8 @@ void run_case(const Spec& s, uint64_t seed) {
                     AttnBwdIO{q.data(), k.data(), v.data(), o.data(), dout.data(), lse.data(),
                               dq.data(), dk.data(), dv.data()},
                     dq_acc.data(), dsum.data());
-  emu_launch((max_k + kBwdBN - 1) / kBwdBN, H, B, kBwdThreads, bwd_smem_bytes<T, D>(),
-             [&] { flash_bwd_kernel<T, D>(bp); });
+  emu_launch((max_k + BBN - 1) / BBN, H, B, bwd_threads(BBN), bwd_smem_bytes<T, D, BBN, BBM>(),
+             [&] { flash_bwd_kernel<T, D, BBN, BBM>(bp); });
   for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
 
   // Compare the rows the kernels own against the padded reference.
@@ -246,6 +248,12 @@ TEST(FlashEmu, PackedVariableLength) {
   run_case<__nv_bfloat16, 64>({"packed", 2, {13, 70, 1, 40}, {13, 70, 1, 40}, false, 0, true}, 10);
   run_case<__half, 64>({"packed causal", 1, {65, 3, 100}, {65, 3, 100}, true, 0, true}, 11);
   run_case<__nv_bfloat16, 64>({"packed cross dropout", 1, {9, 30}, {70, 5}, false, 0.2f, true}, 12);
+}
+
+TEST(FlashEmu, OtherTileSizes) {
+  // The tile sizes are template parameters: smaller and larger tiles compute the same function.
+  run_case<__nv_bfloat16, 64, 32, 32, 32, 32>({"tiles 32", 1, {70, 70}, {70, 45}, true}, 13);
+  run_case<__nv_bfloat16, 64, 32, 128, 128, 32>({"tiles 128", 1, {150}, {150}, false, 0.1f}, 14);
 }
 
 }  // namespace

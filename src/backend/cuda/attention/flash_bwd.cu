@@ -93,7 +93,7 @@ void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cud
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid((pr.max_len_k + kBwdBN - 1) / kBwdBN, pr.heads, pr.batch);
   if (grid.x > 0) {
-    flash_bwd_kernel<T, D><<<grid, kBwdThreads, smem, s>>>(p);
+    flash_bwd_kernel<T, D><<<grid, bwd_threads(kBwdBN), smem, s>>>(p);
     MH_CUDA_CHECK_LAUNCH();
   }
 

@@ -10,7 +10,12 @@
 
 namespace mh::cuda::flash {
 
-constexpr int kBwdBN = 64, kBwdThreads = 128;
+// Tile sizes: BN keys per block (one warp per 16), BM query rows per step. The launcher
+// instantiates the defaults; the emulation test also runs other sizes.
+constexpr int kBwdBN = 64;
+constexpr int bwd_threads(int bn) {
+  return bn / 16 * 32;
+}
 // Query rows per step: 64 at head_dim 64; 32 at 128, so that dK and dV (2 · 16 × 128 fp32 per
 // warp) plus the score tiles fit in registers.
 template <int D>
@@ -66,28 +71,29 @@ inline BwdParams<T> bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float
   p.offset = pr.offset;
   return p;
 }
-template <typename T, int D>
+template <typename T, int D, int BN = kBwdBN, int BM = kBwdBMOf<D>>
 constexpr int bwd_smem_bytes() {
-  constexpr int kBM = kBwdBMOf<D>;
-  return (2 * kBwdBN * D + 2 * kBM * D + kBwdBN * kBM) * static_cast<int>(sizeof(T)) +
-         2 * kBM * static_cast<int>(sizeof(float));
+  return (2 * BN * D + 2 * BM * D + BN * BM) * static_cast<int>(sizeof(T)) +
+         2 * BM * static_cast<int>(sizeof(float));
 }
 
 // --- 2. the main kernel --------------------------------------------------------------------------
-template <typename T, int D>
-MH_FLASH_KERNEL(kBwdThreads)
+template <typename T, int D, int BN = kBwdBN, int BM = kBwdBMOf<D>>
+MH_FLASH_KERNEL(bwd_threads(BN))
 flash_bwd_kernel(const BwdParams<T> p) {
-  constexpr int kBM = kBwdBMOf<D>;
+  constexpr int kBM = BM, kThreads = bwd_threads(BN), kWarps = BN / 16;
+  // dQ's tile (kBM × D) is split over the warps: kBM / 16 row groups × the rest over D.
+  static_assert(BN % 16 == 0 && BM % 16 == 0 && kWarps % (BM / 16) == 0, "tile sizes");
   MH_FLASH_SMEM(smem_raw);
-  T* sK = reinterpret_cast<T*>(smem_raw);  // [kBwdBN][D]
-  T* sV = sK + kBwdBN * D;                 // [kBwdBN][D]
-  T* sQ = sV + kBwdBN * D;                 // [kBM][D]
-  T* sdO = sQ + kBM * D;                   // [kBM][D]
-  T* sdS = sdO + kBM * D;                  // [kBwdBN][kBM]: dSᵀ, keys × queries
-  float* sLse = reinterpret_cast<float*>(sdS + kBwdBN * kBM);  // [kBM], base 2
-  float* sDsum = sLse + kBM;                                   // [kBM]
+  T* sK = reinterpret_cast<T*>(smem_raw);                  // [BN][D]
+  T* sV = sK + BN * D;                                     // [BN][D]
+  T* sQ = sV + BN * D;                                     // [kBM][D]
+  T* sdO = sQ + kBM * D;                                   // [kBM][D]
+  T* sdS = sdO + kBM * D;                                  // [BN][kBM]: dSᵀ, keys × queries
+  float* sLse = reinterpret_cast<float*>(sdS + BN * kBM);  // [kBM], base 2
+  float* sDsum = sLse + kBM;                               // [kBM]
 
-  const int b = block_z(), h = block_y(), n0 = block_x() * kBwdBN;
+  const int b = block_z(), h = block_y(), n0 = block_x() * BN;
   const SeqRows sr = seq_rows(b, p.cu_q, p.cu_k, p.key_len, p.max_len_q, p.max_len_k);
   // Key rows this block writes: padded batches also own the rows past key_len (their gradient is
   // 0); packed batches have no such rows.
@@ -99,7 +105,7 @@ flash_bwd_kernel(const BwdParams<T> p) {
   const T* vg = p.v + (sr.k0 + n0) * rs + h * D;
   T* dkg = p.dk + (sr.k0 + n0) * rs + h * D;
   T* dvg = p.dv + (sr.k0 + n0) * rs + h * D;
-  const int keys_here = imin(kBwdBN, k_rows - n0);
+  const int keys_here = imin(BN, k_rows - n0);
 
   float dk[D / 8][4], dv[D / 8][4];  // this warp's 16 keys × D
 #pragma unroll
@@ -108,8 +114,8 @@ flash_bwd_kernel(const BwdParams<T> p) {
     for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
 
   if (n0 < sr.len_k) {
-    load_tile<kBwdBN, D, kBwdThreads>(sK, kg, rs, sr.len_k - n0, p.k, tid);
-    load_tile<kBwdBN, D, kBwdThreads>(sV, vg, rs, sr.len_k - n0, p.v, tid);
+    load_tile<BN, D, kThreads>(sK, kg, rs, sr.len_k - n0, p.k, tid);
+    load_tile<BN, D, kThreads>(sV, vg, rs, sr.len_k - n0, p.v, tid);
     cp_async_commit();
     // Causal: query i sees key j only if j <= i, so query blocks before n0 see none of these.
     const int m_begin = p.causal ? (n0 / kBM) * kBM : 0;
@@ -118,10 +124,10 @@ flash_bwd_kernel(const BwdParams<T> p) {
       const T* qg = p.q + (sr.q0 + m0) * rs + h * D;
       const T* dog = p.dout + (sr.q0 + m0) * rs + h * D;
       const int q_here = imin(kBM, sr.len_q - m0);
-      load_tile<kBM, D, kBwdThreads>(sQ, qg, rs, q_here, p.q, tid);
-      load_tile<kBM, D, kBwdThreads>(sdO, dog, rs, q_here, p.dout, tid);
+      load_tile<kBM, D, kThreads>(sQ, qg, rs, q_here, p.q, tid);
+      load_tile<kBM, D, kThreads>(sdO, dog, rs, q_here, p.dout, tid);
       cp_async_commit();
-      for (int i = tid; i < kBM; i += kBwdThreads) {
+      for (int i = tid; i < kBM; i += kThreads) {
         const int64_t at = h * p.total_q + sr.q0 + m0 + i;
         sLse[i] = i < q_here ? p.lse[at] * kLog2e : INFINITY;
         sDsum[i] = i < q_here ? p.dsum[at] : 0.f;
@@ -214,13 +220,14 @@ flash_bwd_kernel(const BwdParams<T> p) {
       block_sync();
 
       // dQ[m0 .. m0 + kBM) += dS K: warp w takes 16 query rows × DW dims of the tile.
-      constexpr int kWarpsM = kBM / 16, kWarpsD = 4 / kWarpsM, DW = D / kWarpsD;
+      constexpr int kWarpsM = kBM / 16, kWarpsD = kWarps / kWarpsM, DW = D / kWarpsD;
+      static_assert(DW % 16 == 0, "each warp's share of dQ's columns: a multiple of 16");
       const int qr0 = (warp % kWarpsM) * 16, d0 = (warp / kWarpsM) * DW;
       float dq[DW / 8][4];
 #pragma unroll
       for (int i = 0; i < DW / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < kBwdBN / 16; ++kk) {
+      for (int kk = 0; kk < BN / 16; ++kk) {
         uint32_t ads[4];  // dS rows (queries) × keys, read transposed out of dSᵀ
         ldsm_x4_trans(ads, sdS + swz<kBM>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
                                           qr0 + ((lane >> 3) & 1) * 8));

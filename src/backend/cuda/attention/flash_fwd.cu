@@ -33,7 +33,7 @@ void launch_fwd(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
   MH_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<T, D>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid((pr.max_len_q + kFwdBM - 1) / kFwdBM, pr.heads, pr.batch);
-  flash_fwd_kernel<T, D><<<grid, kFwdThreads, smem, s>>>(p);
+  flash_fwd_kernel<T, D><<<grid, fwd_threads(kFwdBM), smem, s>>>(p);
   MH_CUDA_CHECK_LAUNCH();
 }
 

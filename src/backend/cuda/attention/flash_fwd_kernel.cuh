@@ -25,7 +25,12 @@ struct FwdParams {
   uint64_t seed, offset;
 };
 
-constexpr int kFwdBM = 64, kFwdBN = 64, kFwdThreads = 128;
+// Tile sizes: BM query rows per block (one warp per 16), BN keys per K/V tile. The launcher
+// instantiates the defaults; the emulation test also runs other sizes.
+constexpr int kFwdBM = 64, kFwdBN = 64;
+constexpr int fwd_threads(int bm) {
+  return bm / 16 * 32;
+}
 
 // The kernel's arguments for a problem (host code; shared by the launcher and the emulation).
 template <typename T>
@@ -53,20 +58,22 @@ inline FwdParams<T> fwd_params(const AttnProblem& pr, const AttnFwdIO& io) {
   p.offset = pr.offset;
   return p;
 }
-template <typename T, int D>
+template <typename T, int D, int BM = kFwdBM, int BN = kFwdBN>
 constexpr int fwd_smem_bytes() {
-  return (kFwdBM + 2 * kFwdBN) * D * static_cast<int>(sizeof(T));
+  return (BM + 2 * BN) * D * static_cast<int>(sizeof(T));
 }
 
-template <typename T, int D>
-MH_FLASH_KERNEL(kFwdThreads)
+template <typename T, int D, int BM = kFwdBM, int BN = kFwdBN>
+MH_FLASH_KERNEL(fwd_threads(BM))
 flash_fwd_kernel(const FwdParams<T> p) {
+  static_assert(BM % 16 == 0 && BN % 16 == 0 && D % 16 == 0, "tiles of 16");
+  constexpr int kThreads = fwd_threads(BM);
   MH_FLASH_SMEM(smem_raw);
-  T* sQ = reinterpret_cast<T*>(smem_raw);  // [kFwdBM][D]
-  T* sK = sQ + kFwdBM * D;                 // [kFwdBN][D]
-  T* sV = sK + kFwdBN * D;                 // [kFwdBN][D]
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM][D]
+  T* sK = sQ + BM * D;                     // [BN][D]
+  T* sV = sK + BN * D;                     // [BN][D]
 
-  const int b = block_z(), h = block_y(), m0 = block_x() * kFwdBM;
+  const int b = block_z(), h = block_y(), m0 = block_x() * BM;
   const SeqRows sr = seq_rows(b, p.cu_q, p.cu_k, p.key_len, p.max_len_q, p.max_len_k);
   if (m0 >= sr.len_q) return;  // packed: this sequence is shorter than the longest
   const int tid = thread_x(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
@@ -76,23 +83,23 @@ flash_fwd_kernel(const FwdParams<T> p) {
   const T* vg = p.v + sr.k0 * rs + h * D;
   T* og = p.o + (sr.q0 + m0) * rs + h * D;
   float* lse = p.lse + h * p.total_q + sr.q0 + m0;
-  const int rows_here = imin(kFwdBM, sr.len_q - m0);
+  const int rows_here = imin(BM, sr.len_q - m0);
   // Keys this block can see: all valid ones, and with the causal mask none past its last query.
-  const int n_end = p.causal ? imin(sr.len_k, m0 + kFwdBM) : sr.len_k;
-  const int n_blocks = n_end > 0 ? (n_end + kFwdBN - 1) / kFwdBN : 0;
+  const int n_end = p.causal ? imin(sr.len_k, m0 + BM) : sr.len_k;
+  const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
   const int r_lo = warp * 16 + g, r_hi = r_lo + 8;  // this lane's two rows within the block
 
   if (n_blocks == 0) {  // no visible key: O = 0, lse = +inf (backward's P is then 0)
-    for (int i = tid; i < rows_here * (D / 2); i += kFwdThreads) {
+    for (int i = tid; i < rows_here * (D / 2); i += kThreads) {
       const int r = i / (D / 2), c = (i % (D / 2)) * 2;
       *reinterpret_cast<uint32_t*>(og + r * rs + c) = pack2<T>(0.f, 0.f);
     }
-    for (int r = tid; r < rows_here; r += kFwdThreads) lse[r] = INFINITY;
+    for (int r = tid; r < rows_here; r += kThreads) lse[r] = INFINITY;
     return;
   }
 
-  load_tile<kFwdBM, D, kFwdThreads>(sQ, qg, rs, rows_here, p.q, tid);
-  load_tile<kFwdBN, D, kFwdThreads>(sK, kg, rs, sr.len_k, p.k, tid);
+  load_tile<BM, D, kThreads>(sQ, qg, rs, rows_here, p.q, tid);
+  load_tile<BN, D, kThreads>(sK, kg, rs, sr.len_k, p.k, tid);
   cp_async_commit();
 
   float acc[D / 8][4];  // O tile: 16 rows × D per warp
@@ -102,7 +109,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
   uint32_t qf[D / 16][4];  // Q as A fragments, loaded once
 
   for (int nb = 0; nb < n_blocks; ++nb) {
-    const int n0 = nb * kFwdBN;
+    const int n0 = nb * BN;
     cp_async_wait_all();
     block_sync();  // K[nb] (and Q) landed; everyone is done with V[nb-1]
     if (nb == 0) {
@@ -111,17 +118,17 @@ flash_fwd_kernel(const FwdParams<T> p) {
         ldsm_x4(qf[kk], sQ + swz<D>(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
                                     kk * 16 + (lane >> 4) * 8));
     }
-    load_tile<kFwdBN, D, kFwdThreads>(sV, vg + n0 * rs, rs, sr.len_k - n0, p.v, tid);
+    load_tile<BN, D, kThreads>(sV, vg + n0 * rs, rs, sr.len_k - n0, p.v, tid);
     cp_async_commit();
 
     // S = Q K[nb]ᵀ: 16 × 64 per warp, eight 16×8 accumulator tiles.
-    float s[kFwdBN / 8][4];
+    float s[BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < kFwdBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int nt2 = 0; nt2 < kFwdBN / 16; ++nt2) {
+      for (int nt2 = 0; nt2 < BN / 16; ++nt2) {
         uint32_t bk[4];  // b0, b1 of key tiles 2·nt2 and 2·nt2 + 1
         ldsm_x4(bk, sK + swz<D>(nt2 * 16 + (lane & 7) + (lane >> 4) * 8,
                                 kk * 16 + ((lane >> 3) & 1) * 8));
@@ -133,7 +140,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
     // Scale into base 2, mask, and the online softmax update of this lane's two rows.
     float mx[2] = {m_run[0], m_run[1]};
 #pragma unroll
-    for (int nt = 0; nt < kFwdBN / 8; ++nt) {
+    for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
@@ -159,7 +166,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
       }
     }
 #pragma unroll
-    for (int nt = 0; nt < kFwdBN / 8; ++nt) {
+    for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
@@ -168,7 +175,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
     }
     if (p.dropout) {  // the normalizer keeps every probability; O only the kept ones
 #pragma unroll
-      for (int nt = 0; nt < kFwdBN / 8; ++nt) {
+      for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
@@ -184,14 +191,13 @@ flash_fwd_kernel(const FwdParams<T> p) {
     cp_async_wait_all();
     block_sync();  // V[nb] landed; everyone is done reading K[nb]
     if (nb + 1 < n_blocks) {
-      load_tile<kFwdBN, D, kFwdThreads>(sK, kg + (n0 + kFwdBN) * rs, rs, sr.len_k - n0 - kFwdBN,
-                                        p.k, tid);
+      load_tile<BN, D, kThreads>(sK, kg + (n0 + BN) * rs, rs, sr.len_k - n0 - BN, p.k, tid);
       cp_async_commit();
     }
 
     // O += P V[nb]: P straight from the accumulators (C layout of n-tiles 2k, 2k+1 = A of k).
 #pragma unroll
-    for (int kk = 0; kk < kFwdBN / 16; ++kk) {
+    for (int kk = 0; kk < BN / 16; ++kk) {
       const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
                              pack2<T>(s[2 * kk][2], s[2 * kk][3]),
                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
