@@ -2,7 +2,7 @@
 // cores. Three launches:
 //   1. dot_do_o:  D = rowsum(dO ∘ O) per (row, head), fp32, into the workspace; dQ's fp32
 //                 accumulator is zeroed (cudaMemsetAsync).
-//   2. flash_bwd: a block owns kBN = 64 keys of one (sequence, head), keeps dK and dV for them in
+//   2. flash_bwd: a block owns 64 keys of one (sequence, head), keeps dK and dV for them in
 //                 registers, and walks the query blocks that can see them. Per query block it
 //                 recomputes Sᵀ = K Qᵀ and Pᵀ = exp(scale·Sᵀ − lse) from the saved log-sum-exp,
 //                   dV += (P∘Z)ᵀ dO,  dPᵀ = V dOᵀ,  dSᵀ = Pᵀ ∘ ((dP∘Z)ᵀ − D) · scale,
@@ -27,7 +27,7 @@
 #include <type_traits>
 
 #include "backend/cuda/attention/attention_problem.h"
-#include "backend/cuda/attention/flash_common.cuh"
+#include "backend/cuda/attention/flash_bwd_kernel.cuh"
 #include "backend/cuda/cuda_check.h"
 
 namespace mh::cuda {
@@ -35,30 +35,6 @@ namespace mh::cuda {
 namespace {
 
 using namespace flash;
-
-constexpr int kBN = 64, kThreads = 128;
-// Query rows per step: 64 at head_dim 64; 32 at 128, so that dK and dV (2 · 16 × 128 fp32 per
-// warp) plus the score tiles fit in registers.
-template <int D>
-constexpr int kBMOf = D == 64 ? 64 : 32;
-
-template <typename T>
-struct BwdParams {
-  const T *q, *k, *v, *dout;
-  const float* lse;   // [H, total_q], natural log
-  const float* dsum;  // [H, total_q]: rowsum(dO ∘ O)
-  float* dq_acc;      // [total_q, H·D] fp32
-  T *dk, *dv;
-  const int32_t *key_len, *cu_q, *cu_k;
-  int heads, max_len_q, max_len_k;
-  int64_t total_q;
-  bool causal;
-  float scale, scale_log2;
-  bool dropout;
-  uint32_t drop_threshold;
-  float drop_scale;
-  uint64_t seed, offset;
-};
 
 // --- 1. D = rowsum(dO ∘ O): one warp per (row, head) -----------------------------------------
 template <typename T, int D>
@@ -93,195 +69,6 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// --- 2. the main kernel --------------------------------------------------------------------------
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const BwdParams<T> p) {
-  constexpr int kBM = kBMOf<D>;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);                   // [kBN][D]
-  T* sV = sK + kBN * D;                                     // [kBN][D]
-  T* sQ = sV + kBN * D;                                     // [kBM][D]
-  T* sdO = sQ + kBM * D;                                    // [kBM][D]
-  T* sdS = sdO + kBM * D;                                   // [kBN][kBM]: dSᵀ, keys × queries
-  float* sLse = reinterpret_cast<float*>(sdS + kBN * kBM);  // [kBM], base 2
-  float* sDsum = sLse + kBM;                                // [kBM]
-
-  const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * kBN;
-  const SeqRows sr = seq_rows(b, p.cu_q, p.cu_k, p.key_len, p.max_len_q, p.max_len_k);
-  // Key rows this block writes: padded batches also own the rows past key_len (their gradient is
-  // 0); packed batches have no such rows.
-  const int k_rows = p.cu_q ? sr.len_k : p.max_len_k;
-  if (n0 >= k_rows) return;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int64_t rs = static_cast<int64_t>(p.heads) * D;
-  const T* kg = p.k + (sr.k0 + n0) * rs + h * D;
-  const T* vg = p.v + (sr.k0 + n0) * rs + h * D;
-  T* dkg = p.dk + (sr.k0 + n0) * rs + h * D;
-  T* dvg = p.dv + (sr.k0 + n0) * rs + h * D;
-  const int keys_here = min(kBN, k_rows - n0);
-
-  float dk[D / 8][4], dv[D / 8][4];  // this warp's 16 keys × D
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
-
-  if (n0 < sr.len_k) {
-    load_tile<kBN, D, kThreads>(sK, kg, rs, sr.len_k - n0, p.k, tid);
-    load_tile<kBN, D, kThreads>(sV, vg, rs, sr.len_k - n0, p.v, tid);
-    cp_async_commit();
-    // Causal: query i sees key j only if j <= i, so query blocks before n0 see none of these.
-    const int m_begin = p.causal ? (n0 / kBM) * kBM : 0;
-    const int key_lo = n0 + warp * 16 + g, key_hi = key_lo + 8;  // this lane's two keys
-    for (int m0 = m_begin; m0 < sr.len_q; m0 += kBM) {
-      const T* qg = p.q + (sr.q0 + m0) * rs + h * D;
-      const T* dog = p.dout + (sr.q0 + m0) * rs + h * D;
-      const int q_here = min(kBM, sr.len_q - m0);
-      load_tile<kBM, D, kThreads>(sQ, qg, rs, q_here, p.q, tid);
-      load_tile<kBM, D, kThreads>(sdO, dog, rs, q_here, p.dout, tid);
-      cp_async_commit();
-      for (int i = tid; i < kBM; i += kThreads) {
-        const int64_t at = h * p.total_q + sr.q0 + m0 + i;
-        sLse[i] = i < q_here ? p.lse[at] * kLog2e : INFINITY;
-        sDsum[i] = i < q_here ? p.dsum[at] : 0.f;
-      }
-      cp_async_wait_all();
-      __syncthreads();
-
-      // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys × kBM queries per warp.
-      float s[kBM / 8][4], dp[kBM / 8][4];
-#pragma unroll
-      for (int i = 0; i < kBM / 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[i][e] = dp[i][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ak[4], av[4];
-        const int ar = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                  ac = kk * 16 + (lane >> 4) * 8;
-        ldsm_x4(ak, sK + swz<D>(ar, ac));
-        ldsm_x4(av, sV + swz<D>(ar, ac));
-#pragma unroll
-        for (int nt2 = 0; nt2 < kBM / 16; ++nt2) {
-          const int br = nt2 * 16 + (lane & 7) + (lane >> 4) * 8,
-                    bc = kk * 16 + ((lane >> 3) & 1) * 8;
-          uint32_t bq[4], bo[4];
-          ldsm_x4(bq, sQ + swz<D>(br, bc));
-          ldsm_x4(bo, sdO + swz<D>(br, bc));
-          mma16816<T>(s[2 * nt2], ak, bq[0], bq[1]);
-          mma16816<T>(s[2 * nt2 + 1], ak, bq[2], bq[3]);
-          mma16816<T>(dp[2 * nt2], av, bo[0], bo[1]);
-          mma16816<T>(dp[2 * nt2 + 1], av, bo[2], bo[3]);
-        }
-      }
-
-      // Pᵀ, then s <- P∘Z (for dV) and dp <- dSᵀ (for dK and dQ).
-#pragma unroll
-      for (int nt = 0; nt < kBM / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = e < 2 ? key_lo : key_hi, ql = nt * 8 + 2 * t4 + (e & 1), q = m0 + ql;
-          const bool visible = key < sr.len_k && q < sr.len_q && (!p.causal || key <= q);
-          const float pr = visible ? exp2f(s[nt][e] * p.scale_log2 - sLse[ql]) : 0.f;
-          float g_val = dp[nt][e], p_used = pr;
-          if (p.dropout && pr != 0.f) {
-            const uint64_t idx =
-                ((static_cast<uint64_t>(b) * p.heads + h) * p.max_len_q + q) * p.max_len_k + key;
-            const bool keep = (dropout_bits(p.seed, p.offset, idx) >> 8) >= p.drop_threshold;
-            g_val = keep ? g_val * p.drop_scale : 0.f;
-            p_used = keep ? pr * p.drop_scale : 0.f;
-          }
-          dp[nt][e] = pr * (g_val - sDsum[ql]) * p.scale;
-          s[nt][e] = p_used;
-        }
-      }
-
-      // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: A operands from registers, B = dO, Q tiles (trans).
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk) {
-        const uint32_t ap[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                                pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-        const uint32_t ads[4] = {pack2<T>(dp[2 * kk][0], dp[2 * kk][1]),
-                                 pack2<T>(dp[2 * kk][2], dp[2 * kk][3]),
-                                 pack2<T>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
-                                 pack2<T>(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
-        const int br = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-        for (int dt2 = 0; dt2 < D / 16; ++dt2) {
-          const int bc = dt2 * 16 + (lane >> 4) * 8;
-          uint32_t bo[4], bq[4];
-          ldsm_x4_trans(bo, sdO + swz<D>(br, bc));
-          ldsm_x4_trans(bq, sQ + swz<D>(br, bc));
-          mma16816<T>(dv[2 * dt2], ap, bo[0], bo[1]);
-          mma16816<T>(dv[2 * dt2 + 1], ap, bo[2], bo[3]);
-          mma16816<T>(dk[2 * dt2], ads, bq[0], bq[1]);
-          mma16816<T>(dk[2 * dt2 + 1], ads, bq[2], bq[3]);
-        }
-      }
-
-      // dSᵀ to shared memory (keys × queries), for dQ = dS K across all warps' keys.
-#pragma unroll
-      for (int nt = 0; nt < kBM / 8; ++nt) {
-        const int ql = nt * 8 + 2 * t4;
-        *reinterpret_cast<uint32_t*>(sdS + swz<kBM>(warp * 16 + g, ql)) =
-            pack2<T>(dp[nt][0], dp[nt][1]);
-        *reinterpret_cast<uint32_t*>(sdS + swz<kBM>(warp * 16 + g + 8, ql)) =
-            pack2<T>(dp[nt][2], dp[nt][3]);
-      }
-      __syncthreads();
-
-      // dQ[m0 .. m0 + kBM) += dS K: warp w takes 16 query rows × DW dims of the tile.
-      constexpr int kWarpsM = kBM / 16, kWarpsD = 4 / kWarpsM, DW = D / kWarpsD;
-      const int qr0 = (warp % kWarpsM) * 16, d0 = (warp / kWarpsM) * DW;
-      float dq[DW / 8][4];
-#pragma unroll
-      for (int i = 0; i < DW / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        uint32_t ads[4];  // dS rows (queries) × keys, read transposed out of dSᵀ
-        ldsm_x4_trans(ads, sdS + swz<kBM>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
-                                          qr0 + ((lane >> 3) & 1) * 8));
-#pragma unroll
-        for (int dt2 = 0; dt2 < DW / 16; ++dt2) {
-          uint32_t bk[4];
-          ldsm_x4_trans(bk, sK + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                        d0 + dt2 * 16 + (lane >> 4) * 8));
-          mma16816<T>(dq[2 * dt2], ads, bk[0], bk[1]);
-          mma16816<T>(dq[2 * dt2 + 1], ads, bk[2], bk[3]);
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int ql = qr0 + g + 8 * r;
-        if (ql >= q_here) continue;
-        float* dst = p.dq_acc + (sr.q0 + m0 + ql) * rs + h * D + d0 + 2 * t4;
-#pragma unroll
-        for (int dt = 0; dt < DW / 8; ++dt) {
-          atomicAdd(dst + dt * 8, dq[dt][2 * r]);
-          atomicAdd(dst + dt * 8 + 1, dq[dt][2 * r + 1]);
-        }
-      }
-      __syncthreads();  // sQ, sdO, sdS are overwritten by the next query block
-    }
-  }
-
-  // dK, dV for this warp's 16 keys (0 for keys no query saw, and for padding keys).
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int kl = warp * 16 + g + 8 * r;
-    if (kl >= keys_here) continue;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<uint32_t*>(dkg + kl * rs + dt * 8 + 2 * t4) =
-          pack2<T>(dk[dt][2 * r], dk[dt][2 * r + 1]);
-      *reinterpret_cast<uint32_t*>(dvg + kl * rs + dt * 8 + 2 * t4) =
-          pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
-    }
-  }
-}
-
 // Workspace: the fp32 dQ accumulator [total_q, H·D], then D [H, total_q] (both 16-byte aligned).
 int64_t dq_acc_elems(const AttnProblem& p) {
   return (p.total_q * p.row_elems() + 3) / 4 * 4;
@@ -289,7 +76,6 @@ int64_t dq_acc_elems(const AttnProblem& p) {
 
 template <typename T, int D>
 void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cudaStream_t s) {
-  constexpr int kBM = kBMOf<D>;
   float* dq_acc = static_cast<float*>(workspace);
   float* dsum = dq_acc + dq_acc_elems(pr);
   const T* dout = static_cast<const T*>(io.dout);
@@ -301,38 +87,13 @@ void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cud
     MH_CUDA_CHECK_LAUNCH();
   }
 
-  BwdParams<T> p;
-  p.q = static_cast<const T*>(io.q);
-  p.k = static_cast<const T*>(io.k);
-  p.v = static_cast<const T*>(io.v);
-  p.dout = dout;
-  p.lse = io.lse;
-  p.dsum = dsum;
-  p.dq_acc = dq_acc;
-  p.dk = static_cast<T*>(io.dk);
-  p.dv = static_cast<T*>(io.dv);
-  p.key_len = pr.key_len;
-  p.cu_q = pr.cu_seqlens_q;
-  p.cu_k = pr.cu_seqlens_k;
-  p.heads = pr.heads;
-  p.max_len_q = pr.max_len_q;
-  p.max_len_k = pr.max_len_k;
-  p.total_q = pr.total_q;
-  p.causal = pr.causal;
-  p.scale = pr.scale;
-  p.scale_log2 = pr.scale * kLog2e;
-  p.dropout = pr.dropout > 0.f;
-  p.drop_threshold = static_cast<uint32_t>(std::ceil(pr.dropout * 16777216.0f));
-  p.drop_scale = p.dropout ? static_cast<float>(1.0 / (1.0 - pr.dropout)) : 1.f;
-  p.seed = pr.seed;
-  p.offset = pr.offset;
-  const int smem = (2 * kBN * D + 2 * kBM * D + kBN * kBM) * static_cast<int>(sizeof(T)) +
-                   2 * kBM * static_cast<int>(sizeof(float));
+  const BwdParams<T> p = bwd_params<T>(pr, io, dq_acc, dsum);
+  const int smem = bwd_smem_bytes<T, D>();
   MH_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<T, D>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const dim3 grid((pr.max_len_k + kBN - 1) / kBN, pr.heads, pr.batch);
+  const dim3 grid((pr.max_len_k + kBwdBN - 1) / kBwdBN, pr.heads, pr.batch);
   if (grid.x > 0) {
-    flash_bwd_kernel<T, D><<<grid, kThreads, smem, s>>>(p);
+    flash_bwd_kernel<T, D><<<grid, bwd_threads(kBwdBN), smem, s>>>(p);
     MH_CUDA_CHECK_LAUNCH();
   }
 

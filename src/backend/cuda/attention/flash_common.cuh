@@ -13,19 +13,64 @@
 // ldmatrix.x4 loads four 8×8 matrices, lane l giving the row address of matrix l / 8, row l % 8;
 // each lane receives (row g, cols 2t, 2t+1) of each matrix, or with .trans (rows 2t, 2t+1,
 // col g): the B layout of a row-major [k][n] tile.
+//
+// The kernels (flash_fwd_kernel.cuh, flash_bwd_kernel.cuh) are written against this header only,
+// so that they also compile as host C++ with MH_FLASH_EMU defined: tests/emu/flash_emu.h then
+// supplies the same primitives for 128 host threads per block, and test_flash_emu runs the very
+// kernel source on the CPU (indexing, masks, online softmax, dropout, barriers), without a GPU.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "core/philox.h"
+
+#if defined(MH_FLASH_EMU)
+#include "flash_emu.h"  // tests/emu/: host definitions of the primitives below
+#define MH_FLASH_FN inline
+#define MH_FLASH_KERNEL(threads) inline void
+#define MH_FLASH_SMEM(name) unsigned char* name = ::mh::cuda::flash::emu_block_smem()
+#else
+#define MH_FLASH_FN __device__ __forceinline__
+#define MH_FLASH_KERNEL(threads) __global__ void __launch_bounds__(threads)
+#define MH_FLASH_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 namespace mh::cuda::flash {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+
+MH_FLASH_FN int imin(int a, int b) {
+  return a < b ? a : b;
+}
+
+#if !defined(MH_FLASH_EMU)
+__device__ __forceinline__ int thread_x() {
+  return threadIdx.x;
+}
+__device__ __forceinline__ int block_x() {
+  return blockIdx.x;
+}
+__device__ __forceinline__ int block_y() {
+  return blockIdx.y;
+}
+__device__ __forceinline__ int block_z() {
+  return blockIdx.z;
+}
+__device__ __forceinline__ void block_sync() {
+  __syncthreads();
+}
+__device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
+  return __shfl_xor_sync(0xffffffffu, v, lane_mask);
+}
+__device__ __forceinline__ void atomic_add(float* p, float v) {
+  atomicAdd(p, v);
+}
 
 // d += a · b (m16n8k16, fp32 accumulate)
 template <typename T>
@@ -78,28 +123,33 @@ __device__ __forceinline__ void cp_async_commit() {
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::);
 }
+#endif  // !MH_FLASH_EMU
 
 template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+MH_FLASH_FN uint32_t pack2(float lo, float hi);
 template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  return *reinterpret_cast<uint32_t*>(&v);
+MH_FLASH_FN uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  return u;
 }
 template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
+MH_FLASH_FN uint32_t pack2<__half>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  return u;
 }
 
 template <typename T>
-__device__ __forceinline__ float to_f(T x);
+MH_FLASH_FN float to_f(T x);
 template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
+MH_FLASH_FN float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
 template <>
-__device__ __forceinline__ float to_f<__half>(__half x) {
+MH_FLASH_FN float to_f<__half>(__half x) {
   return __half2float(x);
 }
 
@@ -108,7 +158,7 @@ __device__ __forceinline__ float to_f<__half>(__half x) {
 // same column fall into different banks (an unswizzled 128- or 256-byte row puts them all in
 // one). cp.async writes and ldmatrix reads go through the same map.
 template <int COLS>
-__device__ __forceinline__ int swz(int row, int col) {
+MH_FLASH_FN int swz(int row, int col) {
   constexpr int kChunks = COLS / 8;
   constexpr int kMask = (kChunks < 8 ? kChunks : 8) - 1;
   return row * COLS + ((((col >> 3) ^ (row & kMask))) << 3) + (col & 7);
@@ -118,8 +168,7 @@ __device__ __forceinline__ int swz(int row, int col) {
 // shared tile; rows >= `valid` become zeros. `safe` is any readable address (never dereferenced
 // for invalid rows, but the instruction still takes an operand).
 template <int ROWS, int COLS, int THREADS, typename T>
-__device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t stride, int valid,
-                                          const T* safe, int tid) {
+MH_FLASH_FN void load_tile(T* smem, const T* g, int64_t stride, int valid, const T* safe, int tid) {
   constexpr int kChunksPerRow = COLS / 8;
   constexpr int kTotal = ROWS * kChunksPerRow;
 #pragma unroll
@@ -133,7 +182,7 @@ __device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t stride, i
 // The 32 random bits behind element `idx` of the dropout stream (seed, offset): lane idx % 4 of
 // Philox block idx / 4, as philox_uniform_at (core/philox.h). Selected without indexing the
 // array by a run-time value (which would put it in local memory).
-__device__ __forceinline__ uint32_t dropout_bits(uint64_t seed, uint64_t offset, uint64_t idx) {
+MH_FLASH_FN uint32_t dropout_bits(uint64_t seed, uint64_t offset, uint64_t idx) {
   const uint64_t block = idx >> 2;
   const Philox4 r = philox4x32(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
                                static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
@@ -147,8 +196,8 @@ __device__ __forceinline__ uint32_t dropout_bits(uint64_t seed, uint64_t offset,
 struct SeqRows {
   int q0, len_q, k0, len_k;
 };
-__device__ __forceinline__ SeqRows seq_rows(int b, const int32_t* cu_q, const int32_t* cu_k,
-                                            const int32_t* key_len, int max_len_q, int max_len_k) {
+MH_FLASH_FN SeqRows seq_rows(int b, const int32_t* cu_q, const int32_t* cu_k,
+                             const int32_t* key_len, int max_len_q, int max_len_k) {
   SeqRows s;
   if (cu_q) {
     s.q0 = cu_q[b];

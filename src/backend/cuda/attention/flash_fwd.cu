@@ -1,6 +1,6 @@
 // Fused attention forward (model.attention: custom), FlashAttention-2's scheme on sm_80+ tensor
 // cores (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate). The L×L score matrix never reaches
-// device memory: a block owns kBM = 64 query rows of one (sequence, head), keeps its Q tile in
+// device memory: a block owns 64 query rows of one (sequence, head), keeps its Q tile in
 // registers, streams 64-key tiles of K and V through shared memory (cp.async: V[n] loads while
 // S = Q K[n]ᵀ is computed, K[n+1] while O += P V[n] is), and keeps the online-softmax state
 // (row max, row sum) in registers; O and the row log-sum-exp are written once at the end.
@@ -17,7 +17,7 @@
 #include <cmath>
 
 #include "backend/cuda/attention/attention_problem.h"
-#include "backend/cuda/attention/flash_common.cuh"
+#include "backend/cuda/attention/flash_fwd_kernel.cuh"
 #include "backend/cuda/cuda_check.h"
 
 namespace mh::cuda {
@@ -26,218 +26,14 @@ namespace {
 
 using namespace flash;
 
-template <typename T>
-struct FwdParams {
-  const T *q, *k, *v;
-  T* o;
-  float* lse;
-  const int32_t *key_len, *cu_q, *cu_k;
-  int heads, max_len_q, max_len_k;
-  int64_t total_q;
-  bool causal;
-  float scale_log2;  // softmax scale · log2(e): the kernel works in base 2 (exp2f)
-  bool dropout;
-  uint32_t drop_threshold;  // keep iff (bits >> 8) >= threshold (as the CPU's dropout)
-  float drop_scale;         // 1 / (1 - p)
-  uint64_t seed, offset;
-};
-
-constexpr int kBM = 64, kBN = 64, kThreads = 128;
-
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const FwdParams<T> p) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);  // [kBM][D]
-  T* sK = sQ + kBM * D;                    // [kBN][D]
-  T* sV = sK + kBN * D;                    // [kBN][D]
-
-  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBM;
-  const SeqRows sr = seq_rows(b, p.cu_q, p.cu_k, p.key_len, p.max_len_q, p.max_len_k);
-  if (m0 >= sr.len_q) return;  // packed: this sequence is shorter than the longest
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int64_t rs = static_cast<int64_t>(p.heads) * D;  // elements between token rows
-  const T* qg = p.q + (sr.q0 + m0) * rs + h * D;
-  const T* kg = p.k + sr.k0 * rs + h * D;
-  const T* vg = p.v + sr.k0 * rs + h * D;
-  T* og = p.o + (sr.q0 + m0) * rs + h * D;
-  float* lse = p.lse + h * p.total_q + sr.q0 + m0;
-  const int rows_here = min(kBM, sr.len_q - m0);
-  // Keys this block can see: all valid ones, and with the causal mask none past its last query.
-  const int n_end = p.causal ? min(sr.len_k, m0 + kBM) : sr.len_k;
-  const int n_blocks = n_end > 0 ? (n_end + kBN - 1) / kBN : 0;
-  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;  // this lane's two rows within the block
-
-  if (n_blocks == 0) {  // no visible key: O = 0, lse = +inf (backward's P is then 0)
-    for (int i = tid; i < rows_here * (D / 2); i += kThreads) {
-      const int r = i / (D / 2), c = (i % (D / 2)) * 2;
-      *reinterpret_cast<uint32_t*>(og + r * rs + c) = pack2<T>(0.f, 0.f);
-    }
-    for (int r = tid; r < rows_here; r += kThreads) lse[r] = INFINITY;
-    return;
-  }
-
-  load_tile<kBM, D, kThreads>(sQ, qg, rs, rows_here, p.q, tid);
-  load_tile<kBN, D, kThreads>(sK, kg, rs, sr.len_k, p.k, tid);
-  cp_async_commit();
-
-  float acc[D / 8][4];  // O tile: 16 rows × D per warp
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  uint32_t qf[D / 16][4];  // Q as A fragments, loaded once
-
-  for (int nb = 0; nb < n_blocks; ++nb) {
-    const int n0 = nb * kBN;
-    cp_async_wait_all();
-    __syncthreads();  // K[nb] (and Q) landed; everyone is done with V[nb-1]
-    if (nb == 0) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldsm_x4(qf[kk], sQ + swz<D>(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                    kk * 16 + (lane >> 4) * 8));
-    }
-    load_tile<kBN, D, kThreads>(sV, vg + n0 * rs, rs, sr.len_k - n0, p.v, tid);
-    cp_async_commit();
-
-    // S = Q K[nb]ᵀ: 16 × 64 per warp, eight 16×8 accumulator tiles.
-    float s[kBN / 8][4];
-#pragma unroll
-    for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int nt2 = 0; nt2 < kBN / 16; ++nt2) {
-        uint32_t bk[4];  // b0, b1 of key tiles 2·nt2 and 2·nt2 + 1
-        ldsm_x4(bk, sK + swz<D>(nt2 * 16 + (lane & 7) + (lane >> 4) * 8,
-                                kk * 16 + ((lane >> 3) & 1) * 8));
-        mma16816<T>(s[2 * nt2], qf[kk], bk[0], bk[1]);
-        mma16816<T>(s[2 * nt2 + 1], qf[kk], bk[2], bk[3]);
-      }
-    }
-
-    // Scale into base 2, mask, and the online softmax update of this lane's two rows.
-    float mx[2] = {m_run[0], m_run[1]};
-#pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
-        const bool visible = col < sr.len_k && (!p.causal || col <= row);
-        s[nt][e] = visible ? s[nt][e] * p.scale_log2 : -INFINITY;
-      }
-      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-    }
-    float base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row with nothing visible yet stays 0
-      const float alpha = exp2f(m_run[r] - base[r]);
-      m_run[r] = mx[r];
-      l_run[r] *= alpha;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        acc[dt][2 * r] *= alpha;
-        acc[dt][2 * r + 1] *= alpha;
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
-        l_run[e >> 1] += s[nt][e];  // lane-partial sums; the quad is summed at the end
-      }
-    }
-    if (p.dropout) {  // the normalizer keeps every probability; O only the kept ones
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
-          if (s[nt][e] == 0.f) continue;
-          const uint64_t idx =
-              ((static_cast<uint64_t>(b) * p.heads + h) * p.max_len_q + row) * p.max_len_k + col;
-          const bool keep = (dropout_bits(p.seed, p.offset, idx) >> 8) >= p.drop_threshold;
-          s[nt][e] = keep ? s[nt][e] * p.drop_scale : 0.f;
-        }
-      }
-    }
-
-    cp_async_wait_all();
-    __syncthreads();  // V[nb] landed; everyone is done reading K[nb]
-    if (nb + 1 < n_blocks) {
-      load_tile<kBN, D, kThreads>(sK, kg + (n0 + kBN) * rs, rs, sr.len_k - n0 - kBN, p.k, tid);
-      cp_async_commit();
-    }
-
-    // O += P V[nb]: P straight from the accumulators (C layout of n-tiles 2k, 2k+1 = A of k).
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                             pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dt2 = 0; dt2 < D / 16; ++dt2) {
-        uint32_t bv[4];  // b0, b1 of dim tiles 2·dt2 and 2·dt2 + 1
-        ldsm_x4_trans(bv, sV + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                      dt2 * 16 + (lane >> 4) * 8));
-        mma16816<T>(acc[2 * dt2], a, bv[0], bv[1]);
-        mma16816<T>(acc[2 * dt2 + 1], a, bv[2], bv[3]);
-      }
-    }
-  }
-
-  // O = acc / l; lse = ln Σ exp(scale·s) = (m + log2 l) · ln 2.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-  }
-  const float inv[2] = {l_run[0] > 0.f ? 1.f / l_run[0] : 0.f,
-                        l_run[1] > 0.f ? 1.f / l_run[1] : 0.f};
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = r == 0 ? r_lo : r_hi;
-    if (row >= rows_here) continue;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-      *reinterpret_cast<uint32_t*>(og + row * rs + dt * 8 + 2 * t4) =
-          pack2<T>(acc[dt][2 * r] * inv[r], acc[dt][2 * r + 1] * inv[r]);
-    if (t4 == 0) lse[row] = l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) * kLn2 : INFINITY;
-  }
-}
-
 template <typename T, int D>
 void launch_fwd(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
-  FwdParams<T> p;
-  p.q = static_cast<const T*>(io.q);
-  p.k = static_cast<const T*>(io.k);
-  p.v = static_cast<const T*>(io.v);
-  p.o = static_cast<T*>(io.o);
-  p.lse = io.lse;
-  p.key_len = pr.key_len;
-  p.cu_q = pr.cu_seqlens_q;
-  p.cu_k = pr.cu_seqlens_k;
-  p.heads = pr.heads;
-  p.max_len_q = pr.max_len_q;
-  p.max_len_k = pr.max_len_k;
-  p.total_q = pr.total_q;
-  p.causal = pr.causal;
-  p.scale_log2 = pr.scale * kLog2e;
-  p.dropout = pr.dropout > 0.f;
-  p.drop_threshold = static_cast<uint32_t>(std::ceil(pr.dropout * 16777216.0f));
-  p.drop_scale = p.dropout ? static_cast<float>(1.0 / (1.0 - pr.dropout)) : 1.f;
-  p.seed = pr.seed;
-  p.offset = pr.offset;
-  const int smem = (kBM + 2 * kBN) * D * static_cast<int>(sizeof(T));
+  const FwdParams<T> p = fwd_params<T>(pr, io);
+  const int smem = fwd_smem_bytes<T, D>();
   MH_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<T, D>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const dim3 grid((pr.max_len_q + kBM - 1) / kBM, pr.heads, pr.batch);
-  flash_fwd_kernel<T, D><<<grid, kThreads, smem, s>>>(p);
+  const dim3 grid((pr.max_len_q + kFwdBM - 1) / kFwdBM, pr.heads, pr.batch);
+  flash_fwd_kernel<T, D><<<grid, fwd_threads(kFwdBM), smem, s>>>(p);
   MH_CUDA_CHECK_LAUNCH();
 }
 

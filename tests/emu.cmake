@@ -1,0 +1,17 @@
+# The custom attention kernels run on the CPU through a host emulation of their GPU primitives
+# (tests/emu/flash_emu.h). Needs only the CUDA headers (cuda_bf16.h, cuda_fp16.h, cuda_runtime.h
+# for the problem description), not a GPU and not the CUDA backend, so it also runs in the
+# sanitizer build (CUDA off): AddressSanitizer then watches the kernels' indexing.
+find_path(MH_CUDA_HOST_INCLUDE NAMES cuda_bf16.h cuda_runtime.h
+          HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+if(NOT MH_CUDA_HOST_INCLUDE)
+  message(STATUS "multihead: test_flash_emu skipped (no CUDA headers: cuda_bf16.h)")
+  return()
+endif()
+add_executable(test_flash_emu ${CMAKE_CURRENT_SOURCE_DIR}/emu/test_flash_emu.cpp)
+target_compile_definitions(test_flash_emu PRIVATE MH_FLASH_EMU=1)
+target_compile_options(test_flash_emu PRIVATE -Wno-unknown-pragmas)  # the kernels' #pragma unroll
+target_include_directories(test_flash_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/emu)
+target_include_directories(test_flash_emu SYSTEM PRIVATE ${MH_CUDA_HOST_INCLUDE})
+target_link_libraries(test_flash_emu PRIVATE libmultihead GTest::gtest GTest::gtest_main Threads::Threads)
+gtest_discover_tests(test_flash_emu DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "unit;emu" TIMEOUT 600)
