@@ -208,8 +208,15 @@ bool GemmLt::launch(const GemmShape& g, GemmEpilogue epi, double alpha, const vo
     MH_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vec, sizeof(vec)));
   const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
-  MH_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha_f, b, p.la, a, p.lb, &beta_f, c, p.lc, c,
-                                 p.lc, &p.algo, workspace_, workspace_bytes_, s));
+  const cublasStatus_t st = cublasLtMatmul(handle_, p.op, &alpha_f, b, p.la, a, p.lb, &beta_f, c,
+                                           p.lc, c, p.lc, &p.algo, workspace_, workspace_bytes_, s);
+  // An epilogue the heuristic offered but the call refuses (checked before any launch): the
+  // caller falls back, now and for this plan from now on.
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED && epi != GemmEpilogue::none) {
+    p.ok = false;
+    return false;
+  }
+  if (st != CUBLAS_STATUS_SUCCESS) fail_cublas(st, "cublasLtMatmul", __FILE__, __LINE__);
   return true;
 }
 
