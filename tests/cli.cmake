@@ -68,3 +68,18 @@ mh_cli_test(missing_option_value 2 "multihead: error: the required argument for 
   info --config)
 mh_cli_test(unknown_command 2 "multihead: error: unknown command 'infoo' (did you mean 'info'?)" infoo)
 mh_cli_test(stray_argument 2 "multihead: error: unexpected argument 'extra'" info extra)
+
+# bench gemm: its options are checked before it looks for a GPU; a CPU-only build says it needs
+# the CUDA backend (with CUDA, the answer depends on the machine's GPU).
+mh_cli_test(bench_gemm_help 0 "" bench gemm --help)
+mh_cli_test(bench_gemm_bad_dtype 2
+  "multihead: error: bench gemm: --dtype bf16,fp8: 'fp8' is not one of bf16, fp16, fp32"
+  bench gemm --dtype bf16,fp8)
+mh_cli_test(bench_gemm_bad_tokens 2
+  "multihead: error: bench gemm: --tokens, --d-model, --d-ff and --vocab must be >= 1 (got 0, "
+  bench gemm --tokens 0)
+if(NOT MH_CUDA_ENABLED)
+  mh_cli_test(bench_gemm_no_cuda 2
+    "multihead: error: bench gemm: this multihead was built without the CUDA backend"
+    bench gemm)
+endif()

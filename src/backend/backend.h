@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "core/attn_impl.h"
 #include "core/tensor.h"
@@ -67,6 +68,23 @@ struct Backend {
   virtual void add_bias(Tensor& y, const Tensor& bias) = 0;
   // dbias += sum_n dy[n, :]
   virtual void bias_grad(const Tensor& dy, Tensor& dbias) = 0;
+  // A Linear layer's forward: y = act(x Wᵀ + b), act optional.  x: [N, in]; weight: [out, in];
+  // bias: [out]; y: [N, out]. The default composes gemm, add_bias and activation_fwd; a backend
+  // may fuse them (CUDA: bias and ReLU in the GEMM's epilogue).
+  virtual void linear_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                          std::optional<ActKind> act, Tensor& y) {
+    gemm(x, false, weight, true, y, 1.0, 0.0);
+    add_bias(y, bias);
+    if (act) activation_fwd(*act, y, y);
+  }
+  // A Linear layer's parameter gradients: dweight += dyᵀ x; dbias += sum_n dy[n, :].
+  // dy: [N, out]; x: [N, in]; dweight: [out, in]; dbias: [out]. The default composes gemm and
+  // bias_grad; a backend may fuse them (CUDA: the bias gradient in the GEMM's epilogue).
+  virtual void linear_bwd_params(const Tensor& dy, const Tensor& x, Tensor& dweight,
+                                 Tensor& dbias) {
+    gemm(dy, true, x, false, dweight, 1.0, 1.0);
+    bias_grad(dy, dbias);
+  }
   // out = a + b (same shapes; out may alias a or b)
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   // x *= s
@@ -101,9 +119,10 @@ struct Backend {
                              const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
                              Tensor& dbias) = 0;
 
-  // y = act(x); gelu is the exact erf form (PyTorch's default).
+  // y = act(x); gelu is the exact erf form (PyTorch's default). y may alias x.
   virtual void activation_fwd(ActKind kind, const Tensor& x, Tensor& y) = 0;
-  // dx = dy * act'(x)
+  // dx = dy * act'(x); dx may alias dy. For relu, x may be the forward's output y = relu(x)
+  // instead: relu'(x) = [x > 0] = [y > 0].
   virtual void activation_bwd(ActKind kind, const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
 
   // Inverted dropout: keep with probability 1-p, scale kept values by 1/(1-p). The mask is a pure

@@ -2,6 +2,7 @@
 //   bench train: training tokens/s of a config's model on full-length random batches.
 //   bench comm:  collective bandwidth of the Communicator beside raw MPI (nccl-tests' table).
 //   bench attention: TFLOP/s of the attention implementations (bench_attention.cpp).
+//   bench gemm:  cuBLASLt GEMM TFLOP/s beside cuBLAS, fused epilogues (bench_gemm.cpp).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
+#include "cli/bench_gemm.h"
 #include "cli/common_options.h"
 #include "core/json.h"
 #include "dist/mpi_communicator.h"
@@ -407,25 +409,28 @@ int run_bench(int argc, char** argv) {
   if (what == "train") return bench_train(argc - 1, argv + 1);
   if (what == "comm") return bench_comm(argc - 1, argv + 1);
   if (what == "attention") return bench_attention(argc - 1, argv + 1);
+  if (what == "gemm") return bench_gemm(argc - 1, argv + 1);
   if (what == "-h" || what == "--help" || what.empty()) {
     std::cout
         << "usage: multihead bench <what> [options]   (multihead bench <what> --help)\n"
            "  train   training tokens/s of a config's model on random full-length batches\n"
            "  comm    collective bandwidth of the Communicator beside raw MPI (under mpirun)\n"
            "  attention  TFLOP/s of the GPU attention implementations (custom, cudnn, naive)\n"
+           "  gemm    cuBLASLt GEMM TFLOP/s on a Transformer's shapes beside cuBLAS (GPU)\n"
            "e.g. multihead bench train --config configs/bench-small.yaml --threads 1\n"
            "     mpirun -np 2 multihead bench comm --op all_reduce --min 4K --max 256M\n"
-           "     multihead bench attention --head-dim 64 --seq 1024,2048,4096\n";
+           "     multihead bench attention --head-dim 64 --seq 1024,2048,4096\n"
+           "     multihead bench gemm --tokens 25000 --dtype bf16,fp32\n";
     return what.empty() ? 2 : 0;
   }
-  user_error("bench: unknown benchmark '", what, "' (expected: train, comm, attention)");
+  user_error("bench: unknown benchmark '", what, "' (expected: train, comm, attention, gemm)");
 }
 
 }  // namespace
 
 const Command cmd_bench = {"bench",
                            "Performance measurements (bench train: training tokens/s; bench comm: "
-                           "collective bandwidth).",
+                           "collective bandwidth; bench gemm: GEMM TFLOP/s).",
                            run_bench, "multihead bench train --config configs/bench-small.yaml"};
 
 }  // namespace mh::cli

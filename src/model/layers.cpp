@@ -16,21 +16,19 @@ Linear::Linear(Backend& be, const std::string& name, int64_t in, int64_t out, DT
     : weight(make_param(be, name + ".weight", {out, in}, dtype)),
       bias(make_param(be, name + ".bias", {out}, dtype)) {}
 
-Tensor Linear::forward(Ctx& ctx, const Tensor& x) {
+Tensor Linear::forward(Ctx& ctx, const Tensor& x, std::optional<ActKind> act) {
   x_ = x;
   Shape out_shape = x.shape();
   out_shape.back() = weight.value.dim(0);
   Tensor y = ctx.be.empty(out_shape, x.dtype());
-  ctx.be.gemm(x, false, weight.value, true, y, 1.0, 0.0);  // y = x Wᵀ
-  ctx.be.add_bias(y, bias.value);                          //   + b
+  ctx.be.linear_fwd(x, weight.value, bias.value, act, y);  // y = act(x Wᵀ + b)
   return y;
 }
 
 Tensor Linear::backward(Ctx& ctx, const Tensor& dy) {
   Tensor dx = ctx.be.empty(x_.shape(), dy.dtype());
   ctx.be.gemm(dy, false, weight.value, false, dx, 1.0, 0.0);  // dx = dy W
-  ctx.be.gemm(dy, true, x_, false, weight.grad, 1.0, 1.0);    // dW += dyᵀ x
-  ctx.be.bias_grad(dy, bias.grad);                            // db += Σ_n dy
+  ctx.be.linear_bwd_params(dy, x_, weight.grad, bias.grad);   // dW += dyᵀ x; db += Σ_n dy
   ctx.grad_ready(weight);
   ctx.grad_ready(bias);
   x_ = Tensor();
@@ -99,16 +97,20 @@ FeedForward::FeedForward(Backend& be, const std::string& name, int64_t d_model, 
       act_(act) {}
 
 Tensor FeedForward::forward(Ctx& ctx, const Tensor& x) {
-  h_ = fc1.forward(ctx, x);
-  Tensor a = ctx.be.empty(h_.shape(), h_.dtype());
-  ctx.be.activation_fwd(act_, h_, a);
+  if (act_ == ActKind::relu) {  // relu'(h) = [relu(h) > 0]: the output is all backward needs
+    act_in_ = fc1.forward(ctx, x, ActKind::relu);
+    return fc2.forward(ctx, act_in_);
+  }
+  act_in_ = fc1.forward(ctx, x);
+  Tensor a = ctx.be.empty(act_in_.shape(), act_in_.dtype());
+  ctx.be.activation_fwd(act_, act_in_, a);
   return fc2.forward(ctx, a);
 }
 
 Tensor FeedForward::backward(Ctx& ctx, const Tensor& dy) {
   Tensor da = fc2.backward(ctx, dy);
-  ctx.be.activation_bwd(act_, da, h_, da);  // in place: da becomes dh
-  h_ = Tensor();
+  ctx.be.activation_bwd(act_, da, act_in_, da);  // in place: da becomes dh
+  act_in_ = Tensor();
   return fc1.backward(ctx, da);
 }
 

@@ -9,7 +9,9 @@ namespace mh {
 class Linear {
  public:
   Linear(Backend& be, const std::string& name, int64_t in, int64_t out, DType dtype);
-  Tensor forward(Ctx& ctx, const Tensor& x);    // x: [N, in] -> [N, out]; keeps x
+  // x: [N, in] -> act(x Wᵀ + b) [N, out], the activation fused where the backend can (act's
+  // backward is the caller's: backward takes d/d(x Wᵀ + b)); keeps x
+  Tensor forward(Ctx& ctx, const Tensor& x, std::optional<ActKind> act = std::nullopt);
   Tensor backward(Ctx& ctx, const Tensor& dy);  // -> dx [N, in]; dW += dyᵀ x; db += Σ_n dy
   void for_each_param(const ParamVisitor& f);
 
@@ -47,7 +49,8 @@ class Dropout {
   uint64_t offset_ = 0;
 };
 
-// fc2(act(fc1(x))).
+// fc2(act(fc1(x))). ReLU is fused into fc1 (Backend::linear_fwd) and its backward reads fc1's
+// output, which fc2 keeps anyway; gelu runs on its own and keeps fc1's output before it.
 class FeedForward {
  public:
   FeedForward(Backend& be, const std::string& name, int64_t d_model, int64_t d_ff, ActKind act,
@@ -60,7 +63,7 @@ class FeedForward {
 
  private:
   ActKind act_;
-  Tensor h_;  // fc1 output, before the activation
+  Tensor act_in_;  // what act's backward reads: relu(h) for relu, h (fc1's output) for gelu
 };
 
 }  // namespace mh

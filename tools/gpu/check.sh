@@ -7,10 +7,10 @@
 #   nvidia-smi; multihead info; the ctest tests labelled gpu; a 2-rank MPI sanity run;
 #   multihead bench train (bench-small and paper-base, bf16) and the PyTorch peer on the same
 #   model and batch (tools/bench/torch_gpu_peer.py: AMP bf16, SDPA, eager and torch.compile);
-#   GEMM TFLOP/s of torch.matmul (and of multihead's cuBLASLt path when `multihead bench gemm`
-#   exists); attention TFLOP/s of `multihead bench attention` (custom, cuDNN, naive) and of
-#   PyTorch's flash SDPA on the same problems (tools/bench/torch_attention_peer.py); then a
-#   summary table, printed last.
+#   GEMM TFLOP/s of torch.matmul and of multihead's cuBLASLt path (`multihead bench gemm`, beside
+#   cublasGemmEx) on the same shapes; attention TFLOP/s of `multihead bench attention` (custom,
+#   cuDNN, naive) and of PyTorch's flash SDPA on the same problems
+#   (tools/bench/torch_attention_peer.py); then a summary table, printed last.
 # Everything finishes inside MH_CHECK_BUDGET seconds (default 450, under the 8 minutes asked):
 # each step's timeout is cut to what is left, and a step with under 10 s left is skipped.
 # Without a GPU it says so and still checks the payload: unpacking, the library paths, and
@@ -58,6 +58,18 @@ PEER_STEPS=(--steps 20 --warmup-steps 5)
 # packed and padded; the same options for multihead and the PyTorch peer, so their rows join.
 ATTN_ARGS=(--dtype bf16 --head-dim 64 --seq 1024,2048,4096 --causal=both --iters 10 --warmup 2
   --json)
+# GEMMs: two squares and paper-base's Linear maps at 12288 tokens (192 x 64, BASE_ARGS' target
+# tokens, as in torch_gpu_peer.py's default set) in each pass multihead runs (fwd: T x out x in,
+# dX: T x in x out, dW: out x in x T), as m x n x k for torch.matmul (x[m, k] @ w[k, n]) and for
+# `multihead bench gemm --tokens 12288` (the model's transposes); the summary joins them.
+GEMM_TOKENS=12288
+GEMM_SHAPES=(8192x8192x8192 4096x4096x4096)
+for io in 512:512 512:2048 2048:512 512:37000; do
+  i=${io%:*} o=${io#*:}
+  for mnk in "${GEMM_TOKENS}x${o}x${i}" "${GEMM_TOKENS}x${i}x${o}" "${o}x${i}x${GEMM_TOKENS}"; do
+    [[ " ${GEMM_SHAPES[*]} " == *" $mnk "* ]] || GEMM_SHAPES+=("$mnk")
+  done
+done
 
 say() { printf '[check %3ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
@@ -252,15 +264,8 @@ if ((HAVE_GPU)); then
     "${PEER_STEPS[@]}" --precision bf16 --json
   step torch_base_eager 75 "${PEER[@]}" train "${BASE_MODEL[@]}" "${BASE_ARGS[@]}" \
     "${PEER_STEPS[@]}" --precision bf16 --json
-  step torch_gemm 45 "${PEER[@]}" gemm --json
-  if "${MHENV[@]}" "$MH" bench gemm --help >/dev/null 2>&1; then
-    step mh_gemm 45 "${MHENV[@]}" "$MH" bench gemm --json
-  else
-    # TODO(gemm): `multihead bench gemm` (cuBLASLt TFLOP/s, bf16 and tf32, the shapes of
-    # torch_gpu_peer.py gemm's default set, --json) does not exist yet; run it here when it does.
-    say "mh_gemm: multihead has no 'bench gemm' yet (TODO in tools/gpu/check.sh)"
-    SUMMARY+=("mh_gemm|missing|0|no multihead bench gemm yet")
-  fi
+  step torch_gemm 60 "${PEER[@]}" gemm --shapes "${GEMM_SHAPES[@]}" --dtypes bf16 fp32 --json
+  step mh_gemm 60 "${MHENV[@]}" "$MH" bench gemm --tokens "$GEMM_TOKENS" --dtype bf16,fp32 --json
   step mh_attention 60 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}"
   step torch_attention 45 "$PY" tools/bench/torch_attention_peer.py "${ATTN_ARGS[@]}"
   # torch.compile last: its compile time is the least predictable.
@@ -299,12 +304,33 @@ for label, key in (("bench-small", "small"), ("paper-base", "base")):
     mfu = (by.get(f"torch_{key}_eager") or {}).get("mfu")
     print(f"{label:14s} {f(mh):>16s} {f(te):>12s} {f(tc):>14s} {ratio(mh, te):>9s}"
           f" {ratio(mh, tc):>11s} {(f'{100 * mfu:.1f}%' if mfu else '-'):>16s}")
-gemms = [r for r in rows if r.get("step") in ("torch_gemm", "mh_gemm")]
-if gemms:
-    print(f"\n{'GEMM':24s} {'impl':14s} {'TFLOP/s':>8s}")
-    for r in gemms:
-        print(f"{r['dtype'] + ' ' + str(r['m']) + 'x' + str(r['n']) + 'x' + str(r['k']):24s}"
-              f" {r['impl']:14s} {r['tflops']:>8}")
+# GEMMs joined on (dtype, m, n, k): torch.matmul, multihead's cuBLASLt (which layer and pass),
+# cublasGemmEx on multihead's buffers, multihead / torch, and the fused epilogue's speedup.
+key = lambda r: (r.get("dtype"), r.get("m"), r.get("n"), r.get("k"))
+torch_by = {key(r): r for r in rows if r.get("step") == "torch_gemm"}
+mh = [r for r in rows if r.get("step") == "mh_gemm"]
+if torch_by or mh:
+    num = lambda x, f="{:.1f}": f.format(x) if isinstance(x, (int, float)) else "-"
+    print(f"\n{'GEMM (TFLOP/s)':26s} {'multihead':11s} {'torch':>7s} {'mh':>7s} {'cuBLAS':>7s}"
+          f" {'mh/torch':>8s} {'fused':>7s}")
+    ratios, seen = [], set()
+    for r in mh:
+        t = torch_by.get(key(r))
+        seen.add(key(r))
+        ratio = r["tflops"] / t["tflops"] if t and r.get("tflops") and t.get("tflops") else None
+        if ratio:
+            ratios.append(ratio)
+        print(f"{r['dtype'] + ' ' + str(r['m']) + 'x' + str(r['n']) + 'x' + str(r['k']):26s}"
+              f" {r['layer'] + ' ' + r['pass']:11s} {num(t and t.get('tflops')):>7s}"
+              f" {num(r.get('tflops')):>7s} {num(r.get('cublas_tflops')):>7s}"
+              f" {num(ratio, '{:.2f}'):>8s} {num(r.get('fused_speedup'), '{:.2f}x'):>7s}")
+    for k, t in torch_by.items():
+        if k not in seen:
+            print(f"{t['dtype'] + ' ' + str(t['m']) + 'x' + str(t['n']) + 'x' + str(t['k']):26s}"
+                  f" {'-':11s} {num(t.get('tflops')):>7s}")
+    if ratios:
+        print(f"multihead / torch.matmul over {len(ratios)} GEMMs: mean"
+              f" {sum(ratios) / len(ratios):.2f}, min {min(ratios):.2f}")
 # Attention TFLOP/s (FlashAttention's FLOP count), joined on the problem's keys.
 key = lambda r: (r["case"], r["dtype"], r["head_dim"], r["causal"], r["seq"], r["pass"])
 mh_att = {key(r): r for r in rows if r.get("step") == "mh_attention"}

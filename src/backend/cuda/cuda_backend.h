@@ -1,6 +1,7 @@
 // The CUDA backend: device tensors from a caching allocator, every op on one compute stream
 // (kernels/kernels.h launchers; GEMMs and the naive attention's GEMMs through cuBLASLt), and a
 // communication stream for collectives, ordered against the compute stream with events.
+// Linear layers fuse their bias, ReLU and bias gradient into the GEMM (cuBLASLt epilogues).
 // Ops are asynchronous except those that return host values (softmax_xent, sum_squares) and
 // copies to the host, which synchronize the compute stream.
 #pragma once
@@ -38,6 +39,11 @@ class CudaBackend : public Backend {
             double beta) override;
   void add_bias(Tensor& y, const Tensor& bias) override;
   void bias_grad(const Tensor& dy, Tensor& dbias) override;
+  // Fused through cuBLASLt epilogues where it has them (cuda_linear.cpp), else composed.
+  void linear_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                  std::optional<ActKind> act, Tensor& y) override;
+  void linear_bwd_params(const Tensor& dy, const Tensor& x, Tensor& dweight,
+                         Tensor& dbias) override;
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void scale(Tensor& x, double s) override;
   void zero(Tensor& x) override;
@@ -109,7 +115,8 @@ class CudaBackend : public Backend {
   Tensor key_len_dev_;
   Tensor sums_;  // F64 [3] for softmax_xent and sum_squares
   std::unique_ptr<cuda::CudnnSdpa> cudnn_sdpa_;
-  std::set<std::string> attn_notes_;  // fallback notes already printed
+  std::set<std::string> attn_notes_;    // fallback notes already printed
+  std::set<std::string> linear_notes_;  // unfused-linear notes already printed
 };
 
 }  // namespace mh
