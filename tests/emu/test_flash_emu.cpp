@@ -250,6 +250,13 @@ TEST(FlashEmu, PackedVariableLength) {
   run_case<__nv_bfloat16, 64>({"packed cross dropout", 1, {9, 30}, {70, 5}, false, 0.2f, true}, 12);
 }
 
+TEST(FlashEmu, OddLengthsAroundTiles) {
+  // Lengths on both sides of the 64-row tiles, packed (and causal, so the diagonal tile varies).
+  run_case<__nv_bfloat16, 64>(
+      {"odd lengths", 1, {1, 63, 65, 127, 129}, {1, 63, 65, 127, 129}, true, 0, true}, 15);
+  run_case<__half, 64>({"odd cross", 1, {129, 7}, {63, 127}, false, 0, true}, 16);
+}
+
 TEST(FlashEmu, OtherTileSizes) {
   // The tile sizes are template parameters: smaller and larger tiles compute the same function.
   run_case<__nv_bfloat16, 64, 32, 32, 32, 32>({"tiles 32", 1, {70, 70}, {70, 45}, true}, 13);
