@@ -85,6 +85,28 @@ message(STATUS "multihead: CUDA backend ON: nvcc ${CMAKE_CUDA_COMPILER_VERSION} 
                "(${CMAKE_CUDA_COMPILER}), CUDA ${CUDAToolkit_VERSION}, cuBLASLt, "
                "cuDNN ${CUDNN_LIB}, NCCL ${NCCL_LIB}; sm_80 + sm_90a")
 
+# cuDNN's fused attention (attention/cudnn_sdpa.cpp) is built with NVIDIA's header-only
+# cudnn-frontend, which tools/setup/install_deps.sh fetches (pinned) into .deps/. Without the
+# headers the backend still builds, and CudnnSdpa::supports() says why it is unavailable.
+set(MH_CUDNN_FRONTEND_INCLUDE "${CMAKE_SOURCE_DIR}/.deps/cudnn-frontend/include"
+    CACHE PATH "cudnn-frontend headers (the folder holding cudnn_frontend.h)")
+set(MH_CUDNN_FRONTEND_FOUND OFF)
+if(EXISTS "${MH_CUDNN_FRONTEND_INCLUDE}/cudnn_frontend.h"
+   AND EXISTS "${MH_CUDNN_FRONTEND_INCLUDE}/cudnn_frontend_version.h" AND TARGET CUDA::nvrtc)
+  file(STRINGS "${MH_CUDNN_FRONTEND_INCLUDE}/cudnn_frontend_version.h" MH_CFE_VERSION_LINES
+       REGEX "define CUDNN_FRONTEND_(MAJOR|MINOR|PATCH)_VERSION")
+  string(REGEX REPLACE ".*MAJOR_VERSION ([0-9]+).*MINOR_VERSION ([0-9]+).*PATCH_VERSION ([0-9]+).*"
+                       "\\1.\\2.\\3" MH_CUDNN_FRONTEND_VERSION "${MH_CFE_VERSION_LINES}")
+  set(MH_CUDNN_FRONTEND_FOUND ON)
+  message(STATUS "multihead: cuDNN SDPA ON: cudnn-frontend ${MH_CUDNN_FRONTEND_VERSION} "
+                 "(${MH_CUDNN_FRONTEND_INCLUDE}), links NVRTC")
+elseif(NOT TARGET CUDA::nvrtc)
+  message(STATUS "multihead: cuDNN SDPA OFF: no NVRTC library (cudnn-frontend references it)")
+else()
+  message(STATUS "multihead: cuDNN SDPA OFF: no cudnn-frontend headers in "
+                 "${MH_CUDNN_FRONTEND_INCLUDE} (tools/setup/install_deps.sh fetches them)")
+endif()
+
 # The directory-wide options above (-Wall -Wextra -O3 -march=native) are host-compiler flags:
 # keep them as they are for C/C++ and hand them to the host compiler through nvcc for CUDA.
 get_directory_property(MH_DIR_OPTS COMPILE_OPTIONS)
@@ -111,5 +133,17 @@ function(mh_cuda_configure_target)
   target_link_libraries(libmultihead PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas
                                             ${CUDNN_LIB} ${NCCL_LIB})
   target_compile_definitions(libmultihead PUBLIC MH_WITH_CUDA=1)
+  if(MH_CUDNN_FRONTEND_FOUND)
+    # Only the one translation unit that uses them sees the headers (-isystem: their warnings
+    # are not ours). The frontend's plan code references NVRTC (for an experimental RMSNorm
+    # engine these graphs never use; cuDNN itself loads NVRTC at run time for its
+    # runtime-compiled kernels), so NVRTC is linked. They are heavy: at -O3 this file took 90 s of CPU and 1.7 GB; it only builds
+    # and launches graphs (host code off the hot path), so it compiles at -O1 (about 50 s),
+    # without the frontend's JSON serialization, which nothing here uses.
+    set_source_files_properties(${CMAKE_SOURCE_DIR}/src/backend/cuda/attention/cudnn_sdpa.cpp
+      PROPERTIES COMPILE_OPTIONS "-isystem;${MH_CUDNN_FRONTEND_INCLUDE};-O1"
+                 COMPILE_DEFINITIONS "MH_WITH_CUDNN_FRONTEND=1;CUDNN_FRONTEND_SKIP_JSON_LIB=1")
+    target_link_libraries(libmultihead PUBLIC CUDA::nvrtc)
+  endif()
 endfunction()
 cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL mh_cuda_configure_target)
