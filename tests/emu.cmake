@@ -15,3 +15,22 @@ target_include_directories(test_flash_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/em
 target_include_directories(test_flash_emu SYSTEM PRIVATE ${MH_CUDA_HOST_INCLUDE})
 target_link_libraries(test_flash_emu PRIVATE libmultihead GTest::gtest GTest::gtest_main Threads::Threads)
 gtest_discover_tests(test_flash_emu DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "unit;emu" TIMEOUT 600)
+
+# The SIMT kernels of the CUDA backend (src/backend/cuda/kernels/*_kernels.cuh) run the same way
+# through tests/emu/simt_emu.h: one test executable per tests/emu/test_*_emu.cpp other than the
+# flash one, built with MH_SIMT_EMU.
+file(GLOB MH_SIMT_EMU_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/emu/test_*_emu.cpp)
+list(FILTER MH_SIMT_EMU_TESTS EXCLUDE REGEX "test_flash_emu\\.cpp$")
+foreach(src ${MH_SIMT_EMU_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(${name} ${src})
+  target_compile_definitions(${name} PRIVATE MH_SIMT_EMU=1)
+  # -Wno-attributes: the CUDA headers' __device__/__host__ attributes mean nothing to the host
+  # compiler; -Wno-unknown-pragmas: the kernels' #pragma unroll.
+  target_compile_options(${name} PRIVATE -Wno-attributes -Wno-unknown-pragmas)
+  target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/emu)
+  target_include_directories(${name} SYSTEM PRIVATE ${MH_CUDA_HOST_INCLUDE})
+  target_link_libraries(${name} PRIVATE libmultihead GTest::gtest GTest::gtest_main
+                                        Threads::Threads)
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "unit;emu" TIMEOUT 600)
+endforeach()
