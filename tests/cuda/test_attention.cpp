@@ -170,23 +170,9 @@ AttnArgs args_of(const Geo& g, int head_dim, double dropout = 0, uint64_t seed =
   return a;
 }
 
-// The padded AttnProblem of `a` (as CudaBackend builds it); device key lengths set by the caller.
+// The padded AttnProblem of `a`, as CudaBackend builds it; device key lengths set by the caller.
 cuda::AttnProblem problem_of(const AttnArgs& a, DType t) {
-  cuda::AttnProblem p;
-  p.dtype = t;
-  p.batch = static_cast<int>(a.batch);
-  p.heads = static_cast<int>(a.heads);
-  p.head_dim = static_cast<int>(a.head_dim);
-  p.max_len_q = static_cast<int>(a.len_q);
-  p.max_len_k = static_cast<int>(a.len_k);
-  p.total_q = a.batch * a.len_q;
-  p.total_k = a.batch * a.len_k;
-  p.causal = a.causal;
-  p.scale = static_cast<float>(a.scale);
-  p.dropout = static_cast<float>(a.dropout);
-  p.seed = a.seed;
-  p.offset = a.offset;
-  return p;
+  return cuda::padded_attn_problem(a, t, nullptr);
 }
 
 // Host inputs (F64): q, dout [rows_q, H·d]; k, v [rows_k, H·d].

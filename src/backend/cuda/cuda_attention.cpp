@@ -27,25 +27,6 @@ void check_attn(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tenso
            "attention: more than 2^31 rows");
 }
 
-cuda::AttnProblem padded_problem(const AttnArgs& a, DType t, const int32_t* key_len_dev) {
-  cuda::AttnProblem p;
-  p.dtype = t;
-  p.batch = static_cast<int>(a.batch);
-  p.heads = static_cast<int>(a.heads);
-  p.head_dim = static_cast<int>(a.head_dim);
-  p.max_len_q = static_cast<int>(a.len_q);
-  p.max_len_k = static_cast<int>(a.len_k);
-  p.total_q = a.batch * a.len_q;
-  p.total_k = a.batch * a.len_k;
-  p.key_len = key_len_dev;
-  p.causal = a.causal;
-  p.scale = static_cast<float>(a.scale);
-  p.dropout = static_cast<float>(a.dropout);
-  p.seed = a.seed;
-  p.offset = a.offset;
-  return p;
-}
-
 const char* impl_name(AttnImpl i) {
   return i == AttnImpl::custom ? "custom" : i == AttnImpl::cudnn ? "cudnn" : "naive";
 }
@@ -79,7 +60,7 @@ AttnImpl CudaBackend::attention_impl(const AttnArgs& a, DType t) {
   if (t != DType::bf16 && t != DType::f16) {
     why = std::string("computes in bf16/fp16, not ") + dtype_name(t);
   } else {
-    const cuda::AttnProblem p = padded_problem(a, t, nullptr);
+    const cuda::AttnProblem p = cuda::padded_attn_problem(a, t, nullptr);
     if (a.impl == AttnImpl::custom && cuda::flash_supports(p, &why)) return AttnImpl::custom;
     if (a.impl == AttnImpl::cudnn && cudnn_sdpa().supports(p, &why)) return AttnImpl::cudnn;
   }
@@ -139,7 +120,7 @@ void CudaBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor
   const int32_t* key_len = device_key_len(a);
   saved.ran = attention_impl(a, t);
   if (saved.ran != AttnImpl::naive) {
-    const cuda::AttnProblem p = padded_problem(a, t, key_len);
+    const cuda::AttnProblem p = cuda::padded_attn_problem(a, t, key_len);
     saved.lse = empty({a.heads, a.batch * lq}, DType::f32);
     const cuda::AttnFwdIO io{q.raw(), k.raw(), v.raw(), out.raw(), saved.lse.data<float>()};
     if (saved.ran == AttnImpl::custom)
@@ -184,7 +165,7 @@ void CudaBackend::attention_bwd(const AttnArgs& a, const Tensor& dout, const Ten
   const DType t = q.dtype();
   if (saved.ran != AttnImpl::naive) {
     MH_CHECK(saved.lse.defined() && saved.out.defined(), "attention_bwd: forward state missing");
-    const cuda::AttnProblem p = padded_problem(a, t, device_key_len(a));
+    const cuda::AttnProblem p = cuda::padded_attn_problem(a, t, device_key_len(a));
     const cuda::AttnBwdIO io{q.raw(),         k.raw(),      v.raw(),
                              saved.out.raw(), dout.raw(),   saved.lse.data<float>(),
                              dq.raw(),        dk_out.raw(), dv.raw()};

@@ -11,6 +11,25 @@
 
 namespace mh::cuda {
 
+AttnProblem padded_attn_problem(const AttnArgs& a, DType t, const int32_t* key_len_dev) {
+  AttnProblem p;
+  p.dtype = t;
+  p.batch = static_cast<int>(a.batch);
+  p.heads = static_cast<int>(a.heads);
+  p.head_dim = static_cast<int>(a.head_dim);
+  p.max_len_q = static_cast<int>(a.len_q);
+  p.max_len_k = static_cast<int>(a.len_k);
+  p.total_q = a.batch * a.len_q;
+  p.total_k = a.batch * a.len_k;
+  p.key_len = key_len_dev;
+  p.causal = a.causal;
+  p.scale = static_cast<float>(a.scale);
+  p.dropout = static_cast<float>(a.dropout);
+  p.seed = a.seed;
+  p.offset = a.offset;
+  return p;
+}
+
 void check_attn_problem(const AttnProblem& p, const char* who) {
   MH_CHECK(p.dtype == DType::bf16 || p.dtype == DType::f16, who, ": BF16 or F16, not ",
            dtype_name(p.dtype));

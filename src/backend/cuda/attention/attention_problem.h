@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <string>
 
+#include "backend/backend.h"
 #include "core/tensor.h"
 
 namespace mh::cuda {
@@ -57,6 +58,10 @@ struct AttnBwdIO {
   const float* lse;  // as forward wrote it
   void *dq, *dk, *dv;
 };
+
+// The padded problem of a Backend attention call (CudaBackend's fused paths), its key lengths
+// already on the device (`key_len_dev`; may be null when only asking what is supported).
+AttnProblem padded_attn_problem(const AttnArgs& a, DType t, const int32_t* key_len_dev);
 
 // Checks the problem (dtypes, head_dim, lengths, pointers); a message naming what is wrong.
 void check_attn_problem(const AttnProblem& p, const char* who);

@@ -22,21 +22,12 @@ template <int D>
 constexpr int kBwdBMOf = D == 64 ? 64 : 32;
 
 template <typename T>
-struct BwdParams {
+struct BwdParams : FlashShape {
   const T *q, *k, *v, *dout;
   const float* lse;   // [H, total_q], natural log
   const float* dsum;  // [H, total_q]: rowsum(dO ∘ O)
   float* dq_acc;      // [total_q, H·D] fp32
   T *dk, *dv;
-  const int32_t *key_len, *cu_q, *cu_k;
-  int heads, max_len_q, max_len_k;
-  int64_t total_q;
-  bool causal;
-  float scale, scale_log2;
-  bool dropout;
-  uint32_t drop_threshold;
-  float drop_scale;
-  uint64_t seed, offset;
 };
 
 // The kernel's arguments for a problem (host code; shared by the launcher and the emulation).
@@ -45,6 +36,7 @@ template <typename T>
 inline BwdParams<T> bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float* dq_acc,
                                const float* dsum) {
   BwdParams<T> p;
+  static_cast<FlashShape&>(p) = flash_shape(pr);
   p.q = static_cast<const T*>(io.q);
   p.k = static_cast<const T*>(io.k);
   p.v = static_cast<const T*>(io.v);
@@ -54,21 +46,6 @@ inline BwdParams<T> bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float
   p.dq_acc = dq_acc;
   p.dk = static_cast<T*>(io.dk);
   p.dv = static_cast<T*>(io.dv);
-  p.key_len = pr.key_len;
-  p.cu_q = pr.cu_seqlens_q;
-  p.cu_k = pr.cu_seqlens_k;
-  p.heads = pr.heads;
-  p.max_len_q = pr.max_len_q;
-  p.max_len_k = pr.max_len_k;
-  p.total_q = pr.total_q;
-  p.causal = pr.causal;
-  p.scale = pr.scale;
-  p.scale_log2 = pr.scale * kLog2e;
-  p.dropout = pr.dropout > 0.f;
-  p.drop_threshold = static_cast<uint32_t>(std::ceil(pr.dropout * 16777216.0f));
-  p.drop_scale = p.dropout ? static_cast<float>(1.0 / (1.0 - pr.dropout)) : 1.f;
-  p.seed = pr.seed;
-  p.offset = pr.offset;
   return p;
 }
 template <typename T, int D, int BN = kBwdBN, int BM = kBwdBMOf<D>>
@@ -186,14 +163,9 @@ flash_bwd_kernel(const BwdParams<T> p) {
       // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: A operands from registers, B = dO, Q tiles (trans).
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) {
-        const uint32_t ap[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                                pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-        const uint32_t ads[4] = {pack2<T>(dp[2 * kk][0], dp[2 * kk][1]),
-                                 pack2<T>(dp[2 * kk][2], dp[2 * kk][3]),
-                                 pack2<T>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
-                                 pack2<T>(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+        uint32_t ap[4], ads[4];
+        acc_to_a<T>(s, kk, ap);
+        acc_to_a<T>(dp, kk, ads);
         const int br = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
         for (int dt2 = 0; dt2 < D / 16; ++dt2) {

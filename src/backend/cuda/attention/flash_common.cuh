@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "backend/cuda/attention/attention_problem.h"
 #include "core/philox.h"
 
 #if defined(MH_FLASH_EMU)
@@ -190,6 +191,51 @@ MH_FLASH_FN uint32_t dropout_bits(uint64_t seed, uint64_t offset, uint64_t idx) 
   const uint32_t lane = static_cast<uint32_t>(idx & 3);
   const uint32_t lo = lane & 1 ? r.v[1] : r.v[0], hi = lane & 1 ? r.v[3] : r.v[2];
   return lane & 2 ? hi : lo;
+}
+
+// What both kernels take from an AttnProblem besides their buffers.
+struct FlashShape {
+  const int32_t *key_len, *cu_q, *cu_k;
+  int heads, max_len_q, max_len_k;
+  int64_t total_q;
+  bool causal;
+  float scale;       // softmax scale
+  float scale_log2;  // scale · log2(e): the kernels work in base 2 (exp2f)
+  bool dropout;
+  uint32_t drop_threshold;  // keep iff (bits >> 8) >= threshold (as the CPU's dropout)
+  float drop_scale;         // 1 / (1 - p)
+  uint64_t seed, offset;
+};
+
+// Host code, shared by the launchers and the emulation. The dropout threshold and scale are
+// computed as the CPU's dropout computes them (CpuBackend dropout_apply).
+inline FlashShape flash_shape(const AttnProblem& pr) {
+  FlashShape f;
+  f.key_len = pr.key_len;
+  f.cu_q = pr.cu_seqlens_q;
+  f.cu_k = pr.cu_seqlens_k;
+  f.heads = pr.heads;
+  f.max_len_q = pr.max_len_q;
+  f.max_len_k = pr.max_len_k;
+  f.total_q = pr.total_q;
+  f.causal = pr.causal;
+  f.scale = pr.scale;
+  f.scale_log2 = pr.scale * kLog2e;
+  f.dropout = pr.dropout > 0.f;
+  f.drop_threshold = static_cast<uint32_t>(std::ceil(pr.dropout * 16777216.0f));
+  f.drop_scale = f.dropout ? static_cast<float>(1.0 / (1.0 - pr.dropout)) : 1.f;
+  f.seed = pr.seed;
+  f.offset = pr.offset;
+  return f;
+}
+
+// Accumulator tiles 2k and 2k + 1 (C layout, fp32) as the A operand of k-step k, rounded to T.
+template <typename T, int N>
+MH_FLASH_FN void acc_to_a(const float (&c)[N][4], int k, uint32_t (&a)[4]) {
+  a[0] = pack2<T>(c[2 * k][0], c[2 * k][1]);
+  a[1] = pack2<T>(c[2 * k][2], c[2 * k][3]);
+  a[2] = pack2<T>(c[2 * k + 1][0], c[2 * k + 1][1]);
+  a[3] = pack2<T>(c[2 * k + 1][2], c[2 * k + 1][3]);
 }
 
 // Where sequence b's rows are and how many there are (attention_problem.h's two batch forms).

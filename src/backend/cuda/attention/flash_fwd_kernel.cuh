@@ -10,19 +10,10 @@
 namespace mh::cuda::flash {
 
 template <typename T>
-struct FwdParams {
+struct FwdParams : FlashShape {
   const T *q, *k, *v;
   T* o;
   float* lse;
-  const int32_t *key_len, *cu_q, *cu_k;
-  int heads, max_len_q, max_len_k;
-  int64_t total_q;
-  bool causal;
-  float scale_log2;  // softmax scale · log2(e): the kernel works in base 2 (exp2f)
-  bool dropout;
-  uint32_t drop_threshold;  // keep iff (bits >> 8) >= threshold (as the CPU's dropout)
-  float drop_scale;         // 1 / (1 - p)
-  uint64_t seed, offset;
 };
 
 // Tile sizes: BM query rows per block (one warp per 16), BN keys per K/V tile. The launcher
@@ -36,26 +27,12 @@ constexpr int fwd_threads(int bm) {
 template <typename T>
 inline FwdParams<T> fwd_params(const AttnProblem& pr, const AttnFwdIO& io) {
   FwdParams<T> p;
+  static_cast<FlashShape&>(p) = flash_shape(pr);
   p.q = static_cast<const T*>(io.q);
   p.k = static_cast<const T*>(io.k);
   p.v = static_cast<const T*>(io.v);
   p.o = static_cast<T*>(io.o);
   p.lse = io.lse;
-  p.key_len = pr.key_len;
-  p.cu_q = pr.cu_seqlens_q;
-  p.cu_k = pr.cu_seqlens_k;
-  p.heads = pr.heads;
-  p.max_len_q = pr.max_len_q;
-  p.max_len_k = pr.max_len_k;
-  p.total_q = pr.total_q;
-  p.causal = pr.causal;
-  p.scale_log2 = pr.scale * kLog2e;
-  p.dropout = pr.dropout > 0.f;
-  // The CPU dropout's threshold and scale, computed the same way (CpuBackend dropout_apply).
-  p.drop_threshold = static_cast<uint32_t>(std::ceil(pr.dropout * 16777216.0f));
-  p.drop_scale = p.dropout ? static_cast<float>(1.0 / (1.0 - pr.dropout)) : 1.f;
-  p.seed = pr.seed;
-  p.offset = pr.offset;
   return p;
 }
 template <typename T, int D, int BM = kFwdBM, int BN = kFwdBN>
@@ -198,10 +175,8 @@ flash_fwd_kernel(const FwdParams<T> p) {
     // O += P V[nb]: P straight from the accumulators (C layout of n-tiles 2k, 2k+1 = A of k).
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                             pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t a[4];
+      acc_to_a<T>(s, kk, a);
 #pragma unroll
       for (int dt2 = 0; dt2 < D / 16; ++dt2) {
         uint32_t bv[4];  // b0, b1 of dim tiles 2·dt2 and 2·dt2 + 1
