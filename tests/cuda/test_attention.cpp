@@ -35,24 +35,16 @@
 #include "backend/cuda/attention/cudnn_sdpa.h"
 #include "backend/cuda/cuda_available.h"
 #include "backend/cuda/cuda_backend.h"
+#include "gpu_test_util.h"
 
 namespace mh {
 namespace {
 
-#define MH_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
-
 constexpr DType F64 = DType::f64, F32 = DType::f32, BF16 = DType::bf16, F16 = DType::f16;
 constexpr double kTol = 1e-2;
 
-CudaBackend& gpu() {
-  static CudaBackend backend(0);
-  return backend;
-}
-CpuBackend& cpu() {
-  static CpuBackend backend;
-  return backend;
-}
+using gpu_test::cpu;
+using gpu_test::gpu;
 
 // --- host data ----------------------------------------------------------------------------------
 

@@ -26,26 +26,18 @@
 #include "backend/cuda/attention/cudnn_sdpa.h"
 #include "backend/cuda/cuda_available.h"
 #include "backend/cuda/cuda_backend.h"
+#include "gpu_test_util.h"
 
 namespace mh {
 namespace {
-
-#define MH_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 // cuDNN's SDPA needs sm_80+; an older GPU skips (supports() then says so).
 #define MH_REQUIRE_SM80() \
   MH_REQUIRE_GPU();       \
   if (gpu_sm() < 80) GTEST_SKIP() << "sm_" << gpu_sm() << ": cuDNN SDPA needs sm_80+"
 
-CudaBackend& gpu() {
-  static CudaBackend backend(0);
-  return backend;
-}
-CpuBackend& cpu() {
-  static CpuBackend backend;
-  return backend;
-}
+using gpu_test::cpu;
+using gpu_test::gpu;
 int gpu_sm() {
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);

@@ -25,21 +25,13 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_available.h"
 #include "backend/cuda/cuda_backend.h"
+#include "gpu_test_util.h"
 
 namespace mh {
 namespace {
 
-#define MH_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
-
-CudaBackend& gpu() {
-  static CudaBackend backend(0);
-  return backend;
-}
-CpuBackend& cpu() {
-  static CpuBackend backend;
-  return backend;
-}
+using gpu_test::cpu;
+using gpu_test::gpu;
 
 // --- host-side rounding and conversion --------------------------------------------------------
 uint32_t bits_of(float f) {

@@ -29,23 +29,15 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_available.h"
 #include "backend/cuda/cuda_backend.h"
+#include "gpu_test_util.h"
 
 namespace mh {
 namespace {
 
-#define MH_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
-
 constexpr DType F32 = DType::f32, BF16 = DType::bf16, F16 = DType::f16;
 
-CudaBackend& gpu() {
-  static CudaBackend backend(0);
-  return backend;
-}
-CpuBackend& cpu() {
-  static CpuBackend backend;
-  return backend;
-}
+using gpu_test::cpu;
+using gpu_test::gpu;
 
 double tolerance(DType t) {
   return t == F32 ? 3e-4 : t == BF16 ? 1e-2 : 2e-3;

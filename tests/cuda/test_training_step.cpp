@@ -11,14 +11,12 @@
 #include "backend/cuda/cuda_available.h"
 #include "config/config.h"
 #include "data/batcher.h"
+#include "gpu_test_util.h"
 #include "train/trainer.h"
 
 using namespace mh;
 
 namespace {
-
-#define MH_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 Config toy(Precision precision) {
   Config c = load_config_text(R"(
