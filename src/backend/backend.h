@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "core/attn_impl.h"
 #include "core/tensor.h"
@@ -158,11 +159,33 @@ struct Backend {
 
   // Sum of squares of x (for the global gradient norm).
   virtual double sum_squares(const Tensor& x) = 0;
+  // Σ over the tensors of their sums of squares. A GPU backend adds them on the device and
+  // synchronizes once (one host round trip per step instead of one per parameter).
+  virtual double sum_squares_all(const std::vector<const Tensor*>& xs) {
+    double s = 0;
+    for (const Tensor* x : xs) s += sum_squares(*x);
+    return s;
+  }
   // Adam with bias correction (and decoupled weight decay when wd > 0), step >= 1:
   // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²; p -= lr * (m̂ / (sqrt(v̂) + eps) + wd p)
   virtual void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr,
                          double beta1, double beta2, double eps, double weight_decay, int64_t step,
                          double grad_scale) = 0;
+  // adam_step over many parameters with the same hyper-parameters: one launch on a GPU
+  // (multi-tensor Adam). The default steps them one by one.
+  struct AdamSlot {
+    Tensor* param;
+    const Tensor* grad;
+    Tensor* m;
+    Tensor* v;
+  };
+  virtual void adam_step_all(const std::vector<AdamSlot>& slots, double lr, double beta1,
+                             double beta2, double eps, double weight_decay, int64_t step,
+                             double grad_scale) {
+    for (const AdamSlot& s : slots)
+      adam_step(*s.param, *s.grad, *s.m, *s.v, lr, beta1, beta2, eps, weight_decay, step,
+                grad_scale);
+  }
 };
 
 }  // namespace mh

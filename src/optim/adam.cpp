@@ -24,9 +24,10 @@ void Adam::sync_masters() {
 }
 
 double Adam::grad_norm(double grad_scale) const {
-  double sq = 0;
-  for (const Param* p : params_) sq += be_.sum_squares(p->grad);
-  return std::sqrt(sq) * std::abs(grad_scale);
+  std::vector<const Tensor*> grads;
+  grads.reserve(params_.size());
+  for (const Param* p : params_) grads.push_back(&p->grad);
+  return std::sqrt(be_.sum_squares_all(grads)) * std::abs(grad_scale);
 }
 
 double Adam::step(double lr, double grad_scale) {
@@ -35,11 +36,14 @@ double Adam::step(double lr, double grad_scale) {
   // Clipping folds into the gradient scale: g ← g · min(1, clip / ‖g‖).
   if (cfg_.clip_norm > 0 && norm > cfg_.clip_norm) grad_scale *= cfg_.clip_norm / norm;
   ++step_;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    be_.adam_step(master_[i], params_[i]->grad, m_[i], v_[i], lr, cfg_.adam_beta1, cfg_.adam_beta2,
-                  cfg_.adam_eps, cfg_.weight_decay, step_, grad_scale);
+  std::vector<Backend::AdamSlot> slots;
+  slots.reserve(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i)
+    slots.push_back({&master_[i], &params_[i]->grad, &m_[i], &v_[i]});
+  be_.adam_step_all(slots, lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay,
+                    step_, grad_scale);
+  for (size_t i = 0; i < params_.size(); ++i)
     if (master_[i].raw() != params_[i]->value.raw()) be_.cast(master_[i], params_[i]->value);
-  }
   return norm;
 }
 

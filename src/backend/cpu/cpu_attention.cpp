@@ -22,9 +22,13 @@ void check_args(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tenso
   MH_CHECK(a.key_len, "attention needs key lengths");
   MH_CHECK(a.dropout >= 0 && a.dropout < 1, "attention dropout ", a.dropout);
 }
+// Valid keys of sequence b: key_len[b] clamped to [0, Lk], as the GPU kernels clamp it.
+inline int64_t valid_keys(const AttnArgs& a, int64_t b) {
+  return std::clamp<int64_t>(a.key_len[b], 0, a.len_k);
+}
 // Keys query i of sequence b may see: [0, visible).
 inline int64_t visible_keys(const AttnArgs& a, int64_t b, int64_t i) {
-  int64_t n = std::min<int64_t>(a.key_len[b], a.len_k);
+  const int64_t n = valid_keys(a, b);
   return a.causal ? std::min(n, i + 1) : n;
 }
 }  // namespace
@@ -44,7 +48,7 @@ void CpuBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor&
   const int64_t d = a.heads * a.head_dim, lq = a.len_q, lk = a.len_k, dk = a.head_dim;
   cpu::dispatch_float(q.dtype(), [&]<typename T>() {
     for (int64_t b = 0; b < a.batch; ++b) {
-      const int64_t nk = std::min<int64_t>(a.key_len[b], lk);  // keys past nk are padding
+      const int64_t nk = valid_keys(a, b);  // keys past nk are padding
       for (int64_t h = 0; h < a.heads; ++h) {
         const T* qb = q.data<T>() + b * lq * d + h * dk;
         const T* kb = k.data<T>() + b * lk * d + h * dk;
@@ -71,7 +75,7 @@ void CpuBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor&
     if (a.dropout > 0) dropout_fwd(probs, a.dropout, a.seed, a.offset, dropped);
     const Tensor& used = a.dropout > 0 ? dropped : probs;
     for (int64_t b = 0; b < a.batch; ++b) {
-      const int64_t nk = std::min<int64_t>(a.key_len[b], lk);
+      const int64_t nk = valid_keys(a, b);
       for (int64_t h = 0; h < a.heads; ++h) {
         const T* vb = v.data<T>() + b * lk * d + h * dk;
         const T* p = used.data<T>() + (b * a.heads + h) * lq * lk;
@@ -105,7 +109,7 @@ void CpuBackend::attention_bwd(const AttnArgs& a, const Tensor& dout, const Tens
   const Tensor& used = a.dropout > 0 ? dropped : probs;  // what multiplied V in forward
   cpu::dispatch_float(q.dtype(), [&]<typename T>() {
     for (int64_t b = 0; b < a.batch; ++b) {
-      const int64_t nk = std::min<int64_t>(a.key_len[b], lk);
+      const int64_t nk = valid_keys(a, b);
       if (nk == 0) continue;
       for (int64_t h = 0; h < a.heads; ++h) {
         const T* vb = v.data<T>() + b * lk * d + h * dk;
@@ -116,7 +120,7 @@ void CpuBackend::attention_bwd(const AttnArgs& a, const Tensor& dout, const Tens
     }
     if (a.dropout > 0) dropout_bwd(g, a.dropout, a.seed, a.offset, g);
     for (int64_t b = 0; b < a.batch; ++b) {
-      const int64_t nk = std::min<int64_t>(a.key_len[b], lk);
+      const int64_t nk = valid_keys(a, b);
       // Keys past nk get no gradient; zero them once since the GEMMs below skip them.
       T* dkb_all = dk_out.data<T>() + b * lk * d;
       T* dvb_all = dv.data<T>() + b * lk * d;

@@ -189,6 +189,58 @@ double CudaBackend::sum_squares(const Tensor& x) {
   return host;
 }
 
+double CudaBackend::sum_squares_all(const std::vector<const Tensor*>& xs) {
+  Tensor out = sums_.view({3}).rows(0, 1);
+  MH_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, sizeof(double), compute_));
+  for (const Tensor* x : xs)
+    if (x->numel() > 0) cuda::sum_squares(*x, out, compute_);  // each adds into `out`
+  double host = 0;
+  MH_CUDA_CHECK(cudaMemcpyAsync(&host, out.raw(), sizeof(host), cudaMemcpyDeviceToHost, compute_));
+  MH_CUDA_CHECK(cudaStreamSynchronize(compute_));
+  return host;
+}
+
+void CudaBackend::adam_step_all(const std::vector<AdamSlot>& slots, double lr, double beta1,
+                                double beta2, double eps, double weight_decay, int64_t step,
+                                double grad_scale) {
+  // Layout of the device list: params*[n], grads*[n], m*[n], v*[n], sizes[n] (8 bytes each).
+  const size_t n = slots.size();
+  std::vector<int64_t> list(5 * n);
+  int64_t max_size = 0, count = 0;
+  for (const AdamSlot& s : slots) {
+    MH_CHECK(s.param->dtype() == DType::f32 && s.grad->dtype() == DType::f32 &&
+                 s.m->dtype() == DType::f32 && s.v->dtype() == DType::f32,
+             "adam_step_all: F32 params, grads and moments");
+    MH_CHECK(s.grad->numel() == s.param->numel() && s.m->numel() == s.param->numel() &&
+                 s.v->numel() == s.param->numel(),
+             "adam_step_all shapes");
+    if (s.param->numel() == 0) continue;
+    const void* ptrs[4] = {s.param->raw(), s.grad->raw(), s.m->raw(), s.v->raw()};
+    for (int j = 0; j < 4; ++j)
+      list[j * n + count] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(ptrs[j]));
+    list[4 * n + count] = s.param->numel();
+    max_size = std::max(max_size, s.param->numel());
+    ++count;
+  }
+  if (count == 0) return;
+  if (list != adam_list_host_) {
+    adam_list_host_ = std::move(list);
+    adam_list_dev_ = empty({static_cast<int64_t>(adam_list_host_.size() * 8)}, DType::u8);
+    // From a member: the stream may still be reading the copy when this returns.
+    MH_CUDA_CHECK(cudaMemcpyAsync(adam_list_dev_.raw(), adam_list_host_.data(),
+                                  adam_list_host_.size() * 8, cudaMemcpyHostToDevice, compute_));
+  }
+  auto* dev = static_cast<int64_t*>(adam_list_dev_.raw());
+  cuda::AdamTensorList l{reinterpret_cast<float**>(dev),
+                         reinterpret_cast<float**>(dev + n),
+                         reinterpret_cast<float**>(dev + 2 * n),
+                         reinterpret_cast<float**>(dev + 3 * n),
+                         dev + 4 * n,
+                         static_cast<int>(count),
+                         max_size};
+  cuda::adam_multi(l, lr, beta1, beta2, eps, weight_decay, step, grad_scale, compute_);
+}
+
 void CudaBackend::adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr,
                             double beta1, double beta2, double eps, double weight_decay,
                             int64_t step, double grad_scale) {

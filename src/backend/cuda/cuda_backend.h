@@ -67,9 +67,12 @@ class CudaBackend : public Backend {
   XentResult softmax_xent(const Tensor& logits, const Tensor& labels, int64_t pad_id,
                           double smoothing, double grad_scale, Tensor* dlogits) override;
   double sum_squares(const Tensor& x) override;
+  double sum_squares_all(const std::vector<const Tensor*>& xs) override;
   void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1,
                  double beta2, double eps, double weight_decay, int64_t step,
                  double grad_scale) override;
+  void adam_step_all(const std::vector<AdamSlot>& slots, double lr, double beta1, double beta2,
+                     double eps, double weight_decay, int64_t step, double grad_scale) override;
 
   // dst = src converted between F32, BF16 and F16 (same numel), on the compute stream.
   void cast(const Tensor& src, Tensor& dst) override;
@@ -115,6 +118,10 @@ class CudaBackend : public Backend {
   Tensor key_len_dev_;
   Tensor sums_;  // F64 [3] for softmax_xent and sum_squares
   std::unique_ptr<cuda::CudnnSdpa> cudnn_sdpa_;
+  // adam_step_all's pointer and size lists on the device, rebuilt only when the tensors change
+  // (the parameters of a run are the same every step).
+  std::vector<int64_t> adam_list_host_;
+  Tensor adam_list_dev_;
   std::set<std::string> attn_notes_;    // fallback notes already printed
   std::set<std::string> linear_notes_;  // unfused-linear notes already printed
 };
