@@ -14,7 +14,11 @@ target_compile_options(test_flash_emu PRIVATE -Wno-unknown-pragmas)  # the kerne
 target_include_directories(test_flash_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/emu)
 target_include_directories(test_flash_emu SYSTEM PRIVATE ${MH_CUDA_HOST_INCLUDE})
 target_link_libraries(test_flash_emu PRIVATE libmultihead GTest::gtest GTest::gtest_main Threads::Threads)
-gtest_discover_tests(test_flash_emu DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "unit;emu" TIMEOUT 600)
+# gtest_add_tests, not gtest_discover_tests: the latter flattens the list "unit;emu" into
+# LABELS unit, emu TIMEOUT (losing the label emu and the timeout).
+gtest_add_tests(TARGET test_flash_emu SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/emu/test_flash_emu.cpp
+                TEST_LIST flash_tests)
+set_tests_properties(${flash_tests} PROPERTIES LABELS "unit;emu" TIMEOUT 600)
 
 # The SIMT kernels of the CUDA backend (src/backend/cuda/kernels/*_kernels.cuh) run the same way
 # through tests/emu/simt_emu.h: one test executable per tests/emu/test_*_emu.cpp other than the
@@ -32,5 +36,6 @@ foreach(src ${MH_SIMT_EMU_TESTS})
   target_include_directories(${name} SYSTEM PRIVATE ${MH_CUDA_HOST_INCLUDE})
   target_link_libraries(${name} PRIVATE libmultihead GTest::gtest GTest::gtest_main
                                         Threads::Threads)
-  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "unit;emu" TIMEOUT 600)
+  gtest_add_tests(TARGET ${name} SOURCES ${src} TEST_LIST tests)
+  set_tests_properties(${tests} PROPERTIES LABELS "unit;emu" TIMEOUT 600)
 endforeach()

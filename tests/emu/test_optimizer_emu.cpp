@@ -1,0 +1,156 @@
+// The optimizer kernels (optimizer_kernels.cuh: multi-tensor Adam, sum of squares) run on the CPU
+// through the SIMT emulation (simt_emu.h), with the launchers' own constants and grid sizes,
+// against CpuBackend::adam_step and CpuBackend::sum_squares on the same random inputs. Outputs
+// the kernels write (=) are compared elementwise; sum_squares accumulates (+=) into a nonzero
+// start. Sizes cover one element and partial blocks and warps. The grid-stride loops' second lap
+// (tensors over kAdamMaxChunks · kAdamThreads or kSumMaxBlocks · kSumThreads elements) is left to
+// the GPU tests: the emulation spends a host thread per CUDA thread, and such grids take minutes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/kernels/optimizer_kernels.cuh"
+
+namespace mh::cuda {
+namespace {
+
+emu::Dim3 dim_of(dim3 d) {
+  return {d.x, d.y, d.z};
+}
+
+std::vector<float> randn(std::mt19937_64& rng, int64_t n, float sd = 1.f) {
+  std::normal_distribution<float> nd(0.f, sd);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = nd(rng);
+  return x;
+}
+
+Tensor host_f32(const std::vector<float>& x) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(x.size())});
+  std::copy(x.begin(), x.end(), t.data<float>());
+  return t;
+}
+
+// max |got − want| / max |want|
+double rel_err(const float* got, const float* want, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = std::fabs(static_cast<double>(got[i]) - want[i]);
+    num = std::isnan(d) ? std::numeric_limits<double>::infinity() : std::max(num, d);
+    den = std::max(den, std::fabs(static_cast<double>(want[i])));
+  }
+  return den > 0 ? num / den : num;
+}
+
+TEST(OptimizerEmu, AdamMultiMatchesCpu) {
+  std::mt19937_64 rng(31);
+  const std::vector<int64_t> sizes = {1, 7, 300, 1000};  // grid (4, 4)
+  const double lr = 1e-3, b1 = 0.9, b2 = 0.98, eps = 1e-9, wd = 0.01, gs = 0.5;
+  CpuBackend cpu;
+  const size_t count = sizes.size();
+  std::vector<Tensor> p_ref, m_ref, v_ref;
+  std::vector<std::vector<float>> p, m, v, g(count);
+  for (int64_t s : sizes) {
+    p.push_back(randn(rng, s));
+    m.push_back(randn(rng, s, 0.01f));
+    v.push_back(randn(rng, s, 0.01f));
+    for (float& x : v.back()) x = x * x;  // second moments are positive
+    p_ref.push_back(host_f32(p.back()));
+    m_ref.push_back(host_f32(m.back()));
+    v_ref.push_back(host_f32(v.back()));
+  }
+  std::vector<float*> pp, gp, mp, vp;
+  for (size_t t = 0; t < count; ++t) {
+    pp.push_back(p[t].data());
+    mp.push_back(m[t].data());
+    vp.push_back(v[t].data());
+  }
+  for (int64_t step = 1; step <= 3; ++step) {
+    gp.clear();
+    for (size_t t = 0; t < count; ++t) {
+      g[t] = randn(rng, sizes[t]);
+      gp.push_back(g[t].data());
+      cpu.adam_step(p_ref[t], host_f32(g[t]), m_ref[t], v_ref[t], lr, b1, b2, eps, wd, step, gs);
+    }
+    const AdamConsts c = adam_consts(lr, b1, b2, eps, wd, step, gs);
+    const dim3 grid = adam_grid(static_cast<int>(count), sizes.back());
+    emu::launch(dim_of(grid), {kAdamThreads}, [&] {
+      adam_multi_kernel(pp.data(), gp.data(), mp.data(), vp.data(), sizes.data(), c);
+    });
+  }
+  for (size_t t = 0; t < count; ++t) {
+    SCOPED_TRACE(::testing::Message() << "tensor " << t << " of " << sizes[t]);
+    EXPECT_LE(rel_err(p[t].data(), p_ref[t].data<float>(), sizes[t]), 1e-5);
+    EXPECT_LE(rel_err(m[t].data(), m_ref[t].data<float>(), sizes[t]), 1e-5);
+    EXPECT_LE(rel_err(v[t].data(), v_ref[t].data<float>(), sizes[t]), 1e-5);
+  }
+}
+
+template <typename T>
+T to(float x) {
+  if constexpr (std::is_same_v<T, __half>)
+    return __float2half(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __float2bfloat16(x);
+  else
+    return x;
+}
+template <typename T>
+float from(T x) {
+  if constexpr (std::is_same_v<T, __half>)
+    return __half2float(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __bfloat162float(x);
+  else
+    return x;
+}
+
+// Σ x² of x rounded to T, by the kernel (+= onto 2.5) and by CpuBackend on the rounded values.
+template <typename T>
+void run_sum_squares(int64_t n, uint64_t seed) {
+  SCOPED_TRACE(::testing::Message() << "n=" << n << " sizeof(T)=" << sizeof(T));
+  std::mt19937_64 rng(seed);
+  const std::vector<float> x0 = randn(rng, n);
+  std::vector<T> x(x0.size());
+  std::vector<float> xr(x0.size());
+  for (size_t i = 0; i < x0.size(); ++i) {
+    x[i] = to<T>(x0[i]);
+    xr[i] = from(x[i]);
+  }
+  CpuBackend cpu;
+  const double ref = cpu.sum_squares(host_f32(xr));
+  double out = 2.5;
+  emu::launch({static_cast<unsigned>(sum_squares_blocks(n))}, {kSumThreads},
+              [&] { sum_squares_kernel<T>(x.data(), n, &out); });
+  EXPECT_LE(std::fabs((out - 2.5) - ref) / ref, 1e-5) << out - 2.5 << " vs " << ref;
+}
+
+TEST(OptimizerEmu, SumSquaresMatchesCpu) {
+  uint64_t seed = 41;
+  for (int64_t n : {int64_t{1}, int64_t{77}, int64_t{1000}, int64_t{3001}}) {
+    run_sum_squares<float>(n, seed++);
+    run_sum_squares<__nv_bfloat16>(n, seed++);
+    run_sum_squares<__half>(n, seed++);
+  }
+}
+
+TEST(OptimizerEmu, SumSquaresNonFinite) {
+  std::mt19937_64 rng(43);
+  for (float bad : {std::numeric_limits<float>::infinity(), std::nanf("")}) {
+    const auto x0 = randn(rng, 5000);
+    std::vector<__nv_bfloat16> x(x0.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = __float2bfloat16(x0[i]);
+    x[4321] = __float2bfloat16(bad);
+    double out = 0;
+    emu::launch({static_cast<unsigned>(sum_squares_blocks(5000))}, {kSumThreads},
+                [&] { sum_squares_kernel<__nv_bfloat16>(x.data(), 5000, &out); });
+    EXPECT_FALSE(std::isfinite(out));
+  }
+}
+
+}  // namespace
+}  // namespace mh::cuda
