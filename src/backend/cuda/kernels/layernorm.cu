@@ -12,6 +12,8 @@
 // more for the output; the re-reads hit L1. 4-element vector loads when D % 4 == 0 and every
 // pointer is aligned. Column sums (dweight, dbias) come from a second kernel: blocks of 32 columns
 // × a chunk of rows reduce in shared memory and atomicAdd into the F32 outputs.
+//
+// The kernels and their launch geometry are in layernorm_kernels.cuh.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -21,225 +23,11 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels/kernels.h"
+#include "backend/cuda/kernels/layernorm_kernels.cuh"
 
 namespace mh::cuda {
 
 namespace {
-
-constexpr int kLnWarps = 4;  // rows per block in the row kernels
-constexpr int kLnThreads = 32 * kLnWarps;
-constexpr int64_t kLnMaxBlocks = 1 << 16;
-constexpr int kLnCols = 32;  // column kernel: columns per block
-constexpr int kLnRows = 8;   // column kernel: row lanes per block
-
-__device__ __forceinline__ float ln_to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float ln_to_f(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float ln_to_f(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T ln_from_f(float x);
-template <>
-__device__ __forceinline__ float ln_from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 ln_from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half ln_from_f<__half>(float x) {
-  return __float2half(x);
-}
-
-template <typename T>
-struct alignas(sizeof(T) * 4) LnPack {
-  T v[4];
-};
-
-template <typename T>
-__device__ __forceinline__ void ln_load4(const T* p, float (&f)[4]) {
-  const LnPack<T> pk = *reinterpret_cast<const LnPack<T>*>(p);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) f[k] = ln_to_f(pk.v[k]);
-}
-
-template <typename T>
-__device__ __forceinline__ void ln_store4(T* p, const float (&f)[4]) {
-  LnPack<T> pk;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) pk.v[k] = ln_from_f<T>(f[k]);
-  *reinterpret_cast<LnPack<T>*>(p) = pk;
-}
-
-__device__ __forceinline__ float ln_warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// fn(j, x[j]) for this lane's share of a row of d elements.
-template <typename T, typename Fn>
-__device__ __forceinline__ void ln_row_each(const T* row, int64_t d, bool vec, int lane, Fn&& fn) {
-  if (vec) {
-    for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
-      float v[4];
-      ln_load4(row + j, v);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) fn(j + k, v[k]);
-    }
-  } else {
-    for (int64_t j = lane; j < d; j += 32) fn(j, ln_to_f(row[j]));
-  }
-}
-
-template <typename T, typename W>
-__global__ void __launch_bounds__(kLnThreads)
-    layernorm_fwd_kernel(const T* __restrict__ x,       // [N, D]
-                         const W* __restrict__ weight,  // [D]
-                         const W* __restrict__ bias,    // [D]
-                         T* __restrict__ y,             // [N, D] =
-                         float* __restrict__ mean,      // [N] =
-                         float* __restrict__ rstd,      // [N] =
-                         int64_t n, int64_t d, float eps, bool vec) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kLnWarps;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kLnWarps + threadIdx.x / 32; row < n;
-       row += warps) {
-    const T* xr = x + row * d;
-    float s = 0.f;
-    ln_row_each(xr, d, vec, lane, [&](int64_t, float v) { s += v; });
-    const float mu = ln_warp_sum(s) / static_cast<float>(d);
-    float q = 0.f;
-    ln_row_each(xr, d, vec, lane, [&](int64_t, float v) { q += (v - mu) * (v - mu); });
-    const float r = 1.f / sqrtf(ln_warp_sum(q) / static_cast<float>(d) + eps);
-    if (lane == 0) {
-      mean[row] = mu;
-      rstd[row] = r;
-    }
-    T* yr = y + row * d;
-    if (vec) {
-      for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
-        float v[4];
-        ln_load4(xr + j, v);
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          v[k] = (v[k] - mu) * r * ln_to_f(weight[j + k]) + ln_to_f(bias[j + k]);
-        ln_store4(yr + j, v);
-      }
-    } else {
-      for (int64_t j = lane; j < d; j += 32)
-        yr[j] = ln_from_f<T>((ln_to_f(xr[j]) - mu) * r * ln_to_f(weight[j]) + ln_to_f(bias[j]));
-    }
-  }
-}
-
-// dx only; the column sums are layernorm_bwd_cols_kernel's.
-template <typename T, typename W>
-__global__ void __launch_bounds__(kLnThreads)
-    layernorm_bwd_dx_kernel(const T* __restrict__ dy,        // [N, D]
-                            const T* __restrict__ x,         // [N, D]
-                            const W* __restrict__ weight,    // [D]
-                            const float* __restrict__ mean,  // [N]
-                            const float* __restrict__ rstd,  // [N]
-                            T* __restrict__ dx,              // [N, D] =
-                            int64_t n, int64_t d, bool vec) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kLnWarps;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kLnWarps + threadIdx.x / 32; row < n;
-       row += warps) {
-    const T *gr = dy + row * d, *xr = x + row * d;
-    const float mu = mean[row], r = rstd[row];
-    // Σ ĝ and Σ ĝ ∘ x̂ over the row
-    float sg = 0.f, sgx = 0.f;
-    if (vec) {
-      for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
-        float g[4], v[4];
-        ln_load4(gr + j, g);
-        ln_load4(xr + j, v);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float gh = g[k] * ln_to_f(weight[j + k]);
-          sg += gh;
-          sgx += gh * (v[k] - mu) * r;
-        }
-      }
-    } else {
-      for (int64_t j = lane; j < d; j += 32) {
-        const float gh = ln_to_f(gr[j]) * ln_to_f(weight[j]);
-        sg += gh;
-        sgx += gh * (ln_to_f(xr[j]) - mu) * r;
-      }
-    }
-    const float mg = ln_warp_sum(sg) / static_cast<float>(d);
-    const float mgx = ln_warp_sum(sgx) / static_cast<float>(d);
-    T* dr = dx + row * d;
-    if (vec) {
-      for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
-        float g[4], v[4];
-        ln_load4(gr + j, g);
-        ln_load4(xr + j, v);
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          g[k] = r * (g[k] * ln_to_f(weight[j + k]) - mg - (v[k] - mu) * r * mgx);
-        ln_store4(dr + j, g);
-      }
-    } else {
-      for (int64_t j = lane; j < d; j += 32) {
-        const float xh = (ln_to_f(xr[j]) - mu) * r;
-        dr[j] = ln_from_f<T>(r * (ln_to_f(gr[j]) * ln_to_f(weight[j]) - mg - xh * mgx));
-      }
-    }
-  }
-}
-
-// dweight[c] += Σ dy[r, c] x̂[r, c], dbias[c] += Σ dy[r, c] over this block's chunk of rows.
-// Block (32, 8); grid (⌈D/32⌉, chunks). One chunk writes without atomics.
-template <typename T>
-__global__ void __launch_bounds__(kLnCols* kLnRows)
-    layernorm_bwd_cols_kernel(const T* __restrict__ dy,        // [N, D]
-                              const T* __restrict__ x,         // [N, D]
-                              const float* __restrict__ mean,  // [N]
-                              const float* __restrict__ rstd,  // [N]
-                              float* __restrict__ dweight,     // [D] +=
-                              float* __restrict__ dbias,       // [D] +=
-                              int64_t n, int64_t d, int64_t rows_per_chunk) {
-  __shared__ float part_w[kLnRows][kLnCols + 1], part_b[kLnRows][kLnCols + 1];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLnCols + threadIdx.x;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
-  const int64_t r1 = min(n, r0 + rows_per_chunk);
-  float aw = 0.f, ab = 0.f;
-  if (c < d)
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kLnRows) {
-      const float g = ln_to_f(dy[r * d + c]);
-      aw += g * (ln_to_f(x[r * d + c]) - mean[r]) * rstd[r];  // dw += dy ∘ x̂
-      ab += g;                                                // db += dy
-    }
-  part_w[threadIdx.y][threadIdx.x] = aw;
-  part_b[threadIdx.y][threadIdx.x] = ab;
-  __syncthreads();
-  if (threadIdx.y != 0 || c >= d) return;
-  float sw = 0.f, sb = 0.f;
-#pragma unroll
-  for (int k = 0; k < kLnRows; ++k) {
-    sw += part_w[k][threadIdx.x];
-    sb += part_b[k][threadIdx.x];
-  }
-  if (gridDim.y == 1) {
-    dweight[c] += sw;
-    dbias[c] += sb;
-  } else {
-    atomicAdd(dweight + c, sw);
-    atomicAdd(dbias + c, sb);
-  }
-}
-
-// ---- host side ----------------------------------------------------------------------------------
 
 template <typename T>
 struct LnTag {
@@ -260,17 +48,9 @@ void ln_dispatch(DType t, const char* what, Fn&& fn) {
   }
 }
 
-bool ln_aligned(const void* p, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
 void ln_on_device(const Tensor& t, const char* what) {
   MH_CHECK(t.device() == Device::cuda, what, ": tensor ", shape_str(t.shape()),
            " is not on the GPU");
-}
-
-unsigned ln_row_grid(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>((n + kLnWarps - 1) / kLnWarps, kLnMaxBlocks));
 }
 
 int ln_sm_count() {
@@ -342,11 +122,8 @@ void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight, cons
     ln_on_device(*t, "layernorm_bwd");
   if (n == 0 || d == 0) return;
 
-  const int64_t col_blocks = (d + kLnCols - 1) / kLnCols;
-  const int64_t want = std::max<int64_t>(1, 4 * ln_sm_count() / col_blocks);
-  int64_t chunks = std::clamp<int64_t>(want, 1, std::min<int64_t>((n + 63) / 64, 65535));
-  const int64_t rows_per_chunk = (n + chunks - 1) / chunks;
-  chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+  const LnColChunks cc = ln_col_chunks(n, d, ln_sm_count());
+  const int64_t col_blocks = cc.col_blocks, chunks = cc.chunks, rows_per_chunk = cc.rows_per_chunk;
   MH_CHECK(col_blocks < (int64_t{1} << 31), "layernorm_bwd: ", d, " columns");
 
   ln_dispatch(x.dtype(), "layernorm_bwd", [&](auto tag) {

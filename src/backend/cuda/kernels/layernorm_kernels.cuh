@@ -1,0 +1,262 @@
+// The LayerNorm kernels (see layernorm.cu for the scheme) and the host-side sizes their launchers
+// use, in a header of their own so that tests/emu/test_layernorm_emu.cpp can run this same source
+// on the CPU through the SIMT emulation (tests/emu/simt_emu.h).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#if defined(MH_SIMT_EMU)
+#include "simt_emu.h"
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace mh::cuda {
+
+namespace {
+
+constexpr int kLnWarps = 4;  // rows per block in the row kernels
+constexpr int kLnThreads = 32 * kLnWarps;
+constexpr int64_t kLnMaxBlocks = 1 << 16;
+constexpr int kLnCols = 32;  // column kernel: columns per block
+constexpr int kLnRows = 8;   // column kernel: row lanes per block
+
+__device__ __forceinline__ float ln_to_f(float x) {
+  return x;
+}
+__device__ __forceinline__ float ln_to_f(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+__device__ __forceinline__ float ln_to_f(__half x) {
+  return __half2float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T ln_from_f(float x);
+template <>
+__device__ __forceinline__ float ln_from_f<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 ln_from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+template <>
+__device__ __forceinline__ __half ln_from_f<__half>(float x) {
+  return __float2half(x);
+}
+
+template <typename T>
+struct alignas(sizeof(T) * 4) LnPack {
+  T v[4];
+};
+
+template <typename T>
+__device__ __forceinline__ void ln_load4(const T* p, float (&f)[4]) {
+  const LnPack<T> pk = *reinterpret_cast<const LnPack<T>*>(p);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) f[k] = ln_to_f(pk.v[k]);
+}
+
+template <typename T>
+__device__ __forceinline__ void ln_store4(T* p, const float (&f)[4]) {
+  LnPack<T> pk;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) pk.v[k] = ln_from_f<T>(f[k]);
+  *reinterpret_cast<LnPack<T>*>(p) = pk;
+}
+
+__device__ __forceinline__ float ln_warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// fn(j, x[j]) for this lane's share of a row of d elements.
+template <typename T, typename Fn>
+__device__ __forceinline__ void ln_row_each(const T* row, int64_t d, bool vec, int lane, Fn&& fn) {
+  if (vec) {
+    for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
+      float v[4];
+      ln_load4(row + j, v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) fn(j + k, v[k]);
+    }
+  } else {
+    for (int64_t j = lane; j < d; j += 32) fn(j, ln_to_f(row[j]));
+  }
+}
+
+template <typename T, typename W>
+__global__ void __launch_bounds__(kLnThreads)
+    layernorm_fwd_kernel(const T* __restrict__ x,       // [N, D]
+                         const W* __restrict__ weight,  // [D]
+                         const W* __restrict__ bias,    // [D]
+                         T* __restrict__ y,             // [N, D] =
+                         float* __restrict__ mean,      // [N] =
+                         float* __restrict__ rstd,      // [N] =
+                         int64_t n, int64_t d, float eps, bool vec) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kLnWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kLnWarps + threadIdx.x / 32; row < n;
+       row += warps) {
+    const T* xr = x + row * d;
+    float s = 0.f;
+    ln_row_each(xr, d, vec, lane, [&](int64_t, float v) { s += v; });
+    const float mu = ln_warp_sum(s) / static_cast<float>(d);
+    float q = 0.f;
+    ln_row_each(xr, d, vec, lane, [&](int64_t, float v) { q += (v - mu) * (v - mu); });
+    const float r = 1.f / sqrtf(ln_warp_sum(q) / static_cast<float>(d) + eps);
+    if (lane == 0) {
+      mean[row] = mu;
+      rstd[row] = r;
+    }
+    T* yr = y + row * d;
+    if (vec) {
+      for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
+        float v[4];
+        ln_load4(xr + j, v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          v[k] = (v[k] - mu) * r * ln_to_f(weight[j + k]) + ln_to_f(bias[j + k]);
+        ln_store4(yr + j, v);
+      }
+    } else {
+      for (int64_t j = lane; j < d; j += 32)
+        yr[j] = ln_from_f<T>((ln_to_f(xr[j]) - mu) * r * ln_to_f(weight[j]) + ln_to_f(bias[j]));
+    }
+  }
+}
+
+// dx only; the column sums are layernorm_bwd_cols_kernel's.
+template <typename T, typename W>
+__global__ void __launch_bounds__(kLnThreads)
+    layernorm_bwd_dx_kernel(const T* __restrict__ dy,        // [N, D]
+                            const T* __restrict__ x,         // [N, D]
+                            const W* __restrict__ weight,    // [D]
+                            const float* __restrict__ mean,  // [N]
+                            const float* __restrict__ rstd,  // [N]
+                            T* __restrict__ dx,              // [N, D] =
+                            int64_t n, int64_t d, bool vec) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kLnWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kLnWarps + threadIdx.x / 32; row < n;
+       row += warps) {
+    const T *gr = dy + row * d, *xr = x + row * d;
+    const float mu = mean[row], r = rstd[row];
+    // Σ ĝ and Σ ĝ ∘ x̂ over the row
+    float sg = 0.f, sgx = 0.f;
+    if (vec) {
+      for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
+        float g[4], v[4];
+        ln_load4(gr + j, g);
+        ln_load4(xr + j, v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float gh = g[k] * ln_to_f(weight[j + k]);
+          sg += gh;
+          sgx += gh * (v[k] - mu) * r;
+        }
+      }
+    } else {
+      for (int64_t j = lane; j < d; j += 32) {
+        const float gh = ln_to_f(gr[j]) * ln_to_f(weight[j]);
+        sg += gh;
+        sgx += gh * (ln_to_f(xr[j]) - mu) * r;
+      }
+    }
+    const float mg = ln_warp_sum(sg) / static_cast<float>(d);
+    const float mgx = ln_warp_sum(sgx) / static_cast<float>(d);
+    T* dr = dx + row * d;
+    if (vec) {
+      for (int64_t j = 4 * lane; j < d; j += 4 * 32) {
+        float g[4], v[4];
+        ln_load4(gr + j, g);
+        ln_load4(xr + j, v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          g[k] = r * (g[k] * ln_to_f(weight[j + k]) - mg - (v[k] - mu) * r * mgx);
+        ln_store4(dr + j, g);
+      }
+    } else {
+      for (int64_t j = lane; j < d; j += 32) {
+        const float xh = (ln_to_f(xr[j]) - mu) * r;
+        dr[j] = ln_from_f<T>(r * (ln_to_f(gr[j]) * ln_to_f(weight[j]) - mg - xh * mgx));
+      }
+    }
+  }
+}
+
+// dweight[c] += Σ dy[r, c] x̂[r, c], dbias[c] += Σ dy[r, c] over this block's chunk of rows.
+// Block (32, 8); grid (⌈D/32⌉, chunks). One chunk writes without atomics.
+template <typename T>
+__global__ void __launch_bounds__(kLnCols* kLnRows)
+    layernorm_bwd_cols_kernel(const T* __restrict__ dy,        // [N, D]
+                              const T* __restrict__ x,         // [N, D]
+                              const float* __restrict__ mean,  // [N]
+                              const float* __restrict__ rstd,  // [N]
+                              float* __restrict__ dweight,     // [D] +=
+                              float* __restrict__ dbias,       // [D] +=
+                              int64_t n, int64_t d, int64_t rows_per_chunk) {
+  __shared__ float part_w[kLnRows][kLnCols + 1], part_b[kLnRows][kLnCols + 1];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLnCols + threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t r1 = n < r0 + rows_per_chunk ? n : r0 + rows_per_chunk;  // min (host-portable)
+  float aw = 0.f, ab = 0.f;
+  if (c < d)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kLnRows) {
+      const float g = ln_to_f(dy[r * d + c]);
+      aw += g * (ln_to_f(x[r * d + c]) - mean[r]) * rstd[r];  // dw += dy ∘ x̂
+      ab += g;                                                // db += dy
+    }
+  part_w[threadIdx.y][threadIdx.x] = aw;
+  part_b[threadIdx.y][threadIdx.x] = ab;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= d) return;
+  float sw = 0.f, sb = 0.f;
+#pragma unroll
+  for (int k = 0; k < kLnRows; ++k) {
+    sw += part_w[k][threadIdx.x];
+    sb += part_b[k][threadIdx.x];
+  }
+  if (gridDim.y == 1) {
+    dweight[c] += sw;
+    dbias[c] += sb;
+  } else {
+    atomicAdd(dweight + c, sw);
+    atomicAdd(dbias + c, sb);
+  }
+}
+
+// ---- host side: launch geometry (shared by the launchers and the emulation test) ---------------
+
+inline bool ln_aligned(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// Blocks for the row kernels: one warp per row, at most kLnMaxBlocks (rows grid-strided beyond).
+inline unsigned ln_row_grid(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + kLnWarps - 1) / kLnWarps, kLnMaxBlocks));
+}
+
+// The column kernel's row chunks for an [N, D] problem on a GPU of `sms` multiprocessors: about
+// four blocks per SM, each chunk at least 64 rows. chunks · rows_per_chunk ≥ n > (chunks − 1) ·
+// rows_per_chunk.
+struct LnColChunks {
+  int64_t col_blocks, chunks, rows_per_chunk;
+};
+inline LnColChunks ln_col_chunks(int64_t n, int64_t d, int sms) {
+  const int64_t col_blocks = (d + kLnCols - 1) / kLnCols;
+  const int64_t want = std::max<int64_t>(1, 4 * sms / col_blocks);
+  int64_t chunks = std::clamp<int64_t>(want, 1, std::min<int64_t>((n + 63) / 64, 65535));
+  const int64_t rows_per_chunk = (n + chunks - 1) / chunks;
+  chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+  return {col_blocks, chunks, rows_per_chunk};
+}
+
+}  // namespace
+
+}  // namespace mh::cuda

@@ -1,0 +1,217 @@
+// The LayerNorm kernels (src/backend/cuda/kernels/layernorm_kernels.cuh) run on the CPU through
+// the SIMT emulation (simt_emu.h), launched with the launchers' own geometry (ln_row_grid,
+// ln_col_chunks), against CpuBackend in float64 on the same T-rounded random inputs. Covers
+// F32 / BF16 / F16 activations with F32 or same-dtype weights, the vector (D % 4 == 0, aligned)
+// and scalar (odd D, or buffers misaligned by one element) paths, rows not filling the last
+// block's warps, the row kernels' grid-stride loop, and the column kernel both with one chunk
+// (plain stores) and with several (atomicAdd). Outputs are poisoned (NaN) before each run, so
+// unwritten elements fail; dweight / dbias start from random values, since the kernel adds.
+// Tolerances (max |kernel − reference| / max |reference|): F32 1e-5, BF16 1e-2, F16 2e-3, as in
+// the GPU test (tests/cuda/test_kernels_a.cpp, LayerNorm).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/kernels/layernorm_kernels.cuh"
+
+namespace mh::cuda {
+namespace {
+
+template <typename T>
+float to_float(T x) {
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else if constexpr (std::is_same_v<T, __half>)
+    return __half2float(x);
+  else
+    return __bfloat162float(x);
+}
+
+template <typename T>
+T from_float(float x) {
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else if constexpr (std::is_same_v<T, __half>)
+    return __float2half(x);
+  else
+    return __float2bfloat16(x);
+}
+
+template <typename T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, float>)
+    return "F32";
+  else if constexpr (std::is_same_v<T, __half>)
+    return "F16";
+  else
+    return "BF16";
+}
+
+template <typename T>
+double tolerance() {
+  if constexpr (std::is_same_v<T, float>)
+    return 1e-5;
+  else if constexpr (std::is_same_v<T, __half>)
+    return 2e-3;
+  else
+    return 1e-2;
+}
+
+// A device-like buffer of count elements starting `offset` elements into its allocation (offset 1
+// misaligns it for the 4-element vector loads).
+template <typename T>
+struct Buf {
+  std::vector<T> store;
+  T* p;
+  Buf(int64_t count, bool misaligned)
+      : store(static_cast<size_t>(count + 4)), p(store.data() + (misaligned ? 1 : 0)) {}
+  T& operator[](int64_t i) { return p[i]; }
+};
+
+// Random values rounded to T; the reference gets the rounded values.
+template <typename T>
+Buf<T> random_buf(std::mt19937_64& rng, int64_t count, float mean, bool misaligned = false) {
+  std::normal_distribution<float> nd(mean, 1.f);
+  Buf<T> b(count, misaligned);
+  for (int64_t i = 0; i < count; ++i) b[i] = from_float<T>(nd(rng));
+  return b;
+}
+
+template <typename T>
+void poison(Buf<T>& b, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) b[i] = from_float<T>(std::numeric_limits<float>::quiet_NaN());
+}
+
+template <typename T>
+Tensor to_f64(Buf<T>& b, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::f64);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<double>()[i] = to_float(b[i]);
+  return t;
+}
+
+// max |got − want| / max |want|; a NaN anywhere is infinite.
+template <typename T>
+double rel_err(Buf<T>& got, const Tensor& want) {
+  double diff = 0, mag = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double w = want.data<double>()[i], d = std::fabs(to_float(got[i]) - w);
+    if (!(d <= diff)) diff = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
+    mag = std::max(mag, std::fabs(w));
+  }
+  return mag > 0 ? diff / mag : diff;
+}
+
+struct Case {
+  int64_t n, d;
+  bool misaligned = false;
+  int sms = 4;                // the column kernel's chunking follows the GPU's SM count
+  unsigned row_grid_cap = 0;  // > 0: fewer row blocks than the launcher's, to run the row loop
+};
+
+template <typename T, typename W>
+void run_case(const Case& c, uint64_t seed) {
+  const int64_t n = c.n, d = c.d;
+  const LnColChunks cc = ln_col_chunks(n, d, c.sms);
+  SCOPED_TRACE(::testing::Message()
+               << type_name<T>() << " weight " << type_name<W>() << " N=" << n << " D=" << d
+               << " misaligned=" << c.misaligned << " column chunks=" << cc.chunks);
+  const double eps = 1e-5;
+  std::mt19937_64 rng(seed);
+  Buf<T> x = random_buf<T>(rng, n * d, 3.f, c.misaligned);  // an offset mean: centred variance
+  Buf<W> w = random_buf<W>(rng, d, 0.f), b = random_buf<W>(rng, d, 0.f);
+  Buf<T> dy = random_buf<T>(rng, n * d, 0.f, c.misaligned);
+  Buf<float> dw = random_buf<float>(rng, d, 0.f), db = random_buf<float>(rng, d, 0.f);
+
+  CpuBackend cpu;
+  Tensor ref_y = Tensor::empty({n, d}, DType::f64), ref_mean = Tensor::empty({n}, DType::f64),
+         ref_rstd = Tensor::empty({n}, DType::f64);
+  Tensor x64 = to_f64(x, {n, d}), w64 = to_f64(w, {d});
+  cpu.layernorm_fwd(x64, w64, to_f64(b, {d}), eps, ref_y, ref_mean, ref_rstd);
+
+  // Forward, as layernorm_fwd launches it.
+  Buf<T> y(n * d, c.misaligned);
+  Buf<float> mean(n, false), rstd(n, false);
+  poison(y, n * d);
+  poison(mean, n);
+  poison(rstd, n);
+  const bool vec = d % 4 == 0 && ln_aligned(x.p, 4 * sizeof(T)) && ln_aligned(y.p, 4 * sizeof(T));
+  ASSERT_EQ(vec, d % 4 == 0 && !c.misaligned) << "the case does not take the path it means to";
+  const unsigned grid =
+      c.row_grid_cap > 0 ? std::min(c.row_grid_cap, ln_row_grid(n)) : ln_row_grid(n);
+  emu::launch({grid}, {kLnThreads}, [&] {
+    layernorm_fwd_kernel<T, W>(x.p, w.p, b.p, y.p, mean.p, rstd.p, n, d, static_cast<float>(eps),
+                               vec);
+  });
+  EXPECT_LE(rel_err(y, ref_y), tolerance<T>()) << "y";
+  EXPECT_LE(rel_err(mean, ref_mean), 1e-5) << "mean";  // F32 statistics
+  EXPECT_LE(rel_err(rstd, ref_rstd), 1e-5) << "rstd";
+
+  // Backward from the reference's statistics (rounded to F32, as the kernel takes them), so only
+  // the backward is under test here.
+  for (int64_t i = 0; i < n; ++i) {
+    mean[i] = static_cast<float>(ref_mean.data<double>()[i]);
+    rstd[i] = static_cast<float>(ref_rstd.data<double>()[i]);
+  }
+  Tensor ref_dx = Tensor::empty({n, d}, DType::f64);
+  Tensor ref_dw = to_f64(dw, {d}), ref_db = to_f64(db, {d});
+  cpu.layernorm_bwd(to_f64(dy, {n, d}), x64, w64, to_f64(mean, {n}), to_f64(rstd, {n}), ref_dx,
+                    ref_dw, ref_db);
+
+  Buf<T> dx(n * d, c.misaligned);
+  poison(dx, n * d);
+  const size_t al = 4 * sizeof(T);
+  const bool bvec =
+      d % 4 == 0 && ln_aligned(dy.p, al) && ln_aligned(x.p, al) && ln_aligned(dx.p, al);
+  ASSERT_EQ(bvec, vec);
+  emu::launch({static_cast<unsigned>(cc.col_blocks), static_cast<unsigned>(cc.chunks)},
+              {kLnCols, kLnRows}, [&] {
+                layernorm_bwd_cols_kernel<T>(dy.p, x.p, mean.p, rstd.p, dw.p, db.p, n, d,
+                                             cc.rows_per_chunk);
+              });
+  emu::launch({grid}, {kLnThreads}, [&] {
+    layernorm_bwd_dx_kernel<T, W>(dy.p, x.p, w.p, mean.p, rstd.p, dx.p, n, d, bvec);
+  });
+  EXPECT_LE(rel_err(dx, ref_dx), tolerance<T>()) << "dx";
+  EXPECT_LE(rel_err(dw, ref_dw), 1e-5) << "dweight";  // F32 sums of the same inputs
+  EXPECT_LE(rel_err(db, ref_db), 1e-5) << "dbias";
+}
+
+const Case kCases[] = {
+    {37, 203},              // odd D: scalar path; 37 rows: a partial last block
+    {37, 132},              // vector path
+    {37, 132, true},        // D % 4 == 0 but misaligned: scalar path
+    {300, 68, false, 132},  // several column chunks (atomicAdd), H100's 132 SMs
+    {150, 67, true, 132},   // the same, scalar
+    {5, 1024},              // long rows, one block
+    {37, 96, false, 4, 2},  // 2 row blocks for 10 blocks' rows: the row loop
+    {3, 1},                 // D = 1: a row of one element
+};
+
+template <typename T, typename W>
+void run_all(uint64_t seed) {
+  for (const Case& c : kCases) run_case<T, W>(c, seed++);
+}
+
+TEST(LayerNormEmu, F32) {
+  run_all<float, float>(100);
+}
+TEST(LayerNormEmu, BF16WeightF32) {
+  run_all<__nv_bfloat16, float>(200);
+}
+TEST(LayerNormEmu, BF16WeightBF16) {
+  run_all<__nv_bfloat16, __nv_bfloat16>(300);
+}
+TEST(LayerNormEmu, F16WeightF32) {
+  run_all<__half, float>(400);
+}
+TEST(LayerNormEmu, F16WeightF16) {
+  run_all<__half, __half>(500);
+}
+
+}  // namespace
+}  // namespace mh::cuda
