@@ -92,8 +92,8 @@ T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int width = 32) {
 template <typename T>
 T __shfl_down_sync(unsigned /*mask*/, T v, unsigned delta, int width = 32) {
   const int lane = mh::emu::tl_linear & 31;
-  const int src = (lane % width) + static_cast<int>(delta) < width ? lane + static_cast<int>(delta)
-                                                                   : lane;
+  const int src =
+      (lane % width) + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
   return mh::emu::shfl_from(v, src);
 }
 template <typename T>
@@ -110,6 +110,25 @@ inline double atomicAdd(double* p, double v) {
 }
 inline int atomicAdd(int* p, int v) {
   return std::atomic_ref<int>(*p).fetch_add(v);
+}
+// The native 16-bit atomicAdd (sm_70+ for __half, sm_80+ for __nv_bfloat16): old + v rounded to
+// nearest, as one atomic read-modify-write.
+namespace mh::emu {
+template <typename H>
+H atomic_add_16(H* p, H v) {
+  std::atomic_ref<H> a(*p);
+  H old = a.load();
+  while (!a.compare_exchange_weak(
+      old, static_cast<H>(static_cast<float>(old) + static_cast<float>(v)))) {
+  }
+  return old;
+}
+}  // namespace mh::emu
+inline __half atomicAdd(__half* p, __half v) {
+  return mh::emu::atomic_add_16(p, v);
+}
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* p, __nv_bfloat16 v) {
+  return mh::emu::atomic_add_16(p, v);
 }
 inline float __int_as_float(int i) {
   float f;

@@ -13,107 +13,21 @@
 // checks ids against the vocabulary on the host. An id outside [0, V) never reads or writes out
 // of bounds here: embed_fwd writes a NaN row (the loss turns non-finite, visibly), embed_bwd
 // skips the row.
+//
+// The kernels live in embedding_kernels.cuh (shared with the CPU emulation test).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels/embedding_kernels.cuh"
 #include "backend/cuda/kernels/kernels.h"
 
 namespace mh::cuda {
 
 namespace {
-
-constexpr int kEmbThreads = 128;
-constexpr int64_t kEmbMaxBlocks = 1 << 16;
-
-__device__ __forceinline__ float emb_to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float emb_to_f(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float emb_to_f(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T emb_from_f(float x);
-template <>
-__device__ __forceinline__ float emb_from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 emb_from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half emb_from_f<__half>(float x) {
-  return __float2half(x);
-}
-
-template <typename T>
-struct alignas(sizeof(T) * 4) EmbPack {
-  T v[4];
-};
-
-template <typename T>
-__global__ void __launch_bounds__(kEmbThreads)
-    embed_fwd_kernel(const int32_t* __restrict__ ids,  // [B, L]
-                     const T* __restrict__ table,      // [V, D]
-                     const T* __restrict__ pe,         // [max_len, D]
-                     T* __restrict__ y,                // [B, L, D] =
-                     int64_t rows, int64_t len, int64_t vocab, int64_t d, float scale, bool vec) {
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const int32_t tok = ids[row];
-    T* out = y + row * d;
-    if (tok < 0 || tok >= vocab) {  // see the file comment
-      for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-        out[j] = emb_from_f<T>(__int_as_float(0x7fc00000));
-      continue;
-    }
-    const T* src = table + tok * d;
-    const T* pos = pe + (row % len) * d;
-    if (vec) {
-      for (int64_t j = 4 * threadIdx.x; j < d; j += 4 * blockDim.x) {
-        const EmbPack<T> a = *reinterpret_cast<const EmbPack<T>*>(src + j);
-        const EmbPack<T> p = *reinterpret_cast<const EmbPack<T>*>(pos + j);
-        EmbPack<T> o;
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          o.v[k] = emb_from_f<T>(emb_to_f(a.v[k]) * scale + emb_to_f(p.v[k]));
-        *reinterpret_cast<EmbPack<T>*>(out + j) = o;
-      }
-    } else {
-      for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-        out[j] = emb_from_f<T>(emb_to_f(src[j]) * scale + emb_to_f(pos[j]));
-    }
-  }
-}
-
-template <typename T, typename G>
-__global__ void __launch_bounds__(kEmbThreads)
-    embed_bwd_kernel(const int32_t* __restrict__ ids,  // [B, L]
-                     const T* __restrict__ dy,         // [B, L, D]
-                     G* __restrict__ dtable,           // [V, D] +=
-                     int64_t rows, int64_t vocab, int64_t d, float scale) {
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const int32_t tok = ids[row];
-    if (tok < 0 || tok >= vocab) continue;  // see the file comment
-    const T* g = dy + row * d;
-    G* dst = dtable + tok * d;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const float v = scale * emb_to_f(g[j]);  // dtable[id] += scale · dy
-      if constexpr (std::is_same_v<G, float>)
-        atomicAdd(dst + j, v);
-      else
-        atomicAdd(dst + j, emb_from_f<G>(v));
-    }
-  }
-}
 
 template <typename T>
 struct EmbTag {
@@ -134,17 +48,9 @@ void emb_dispatch(DType t, const char* what, Fn&& fn) {
   }
 }
 
-bool emb_aligned(const void* p, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
 void emb_on_device(const Tensor& t, const char* what) {
   MH_CHECK(t.device() == Device::cuda, what, ": tensor ", shape_str(t.shape()),
            " is not on the GPU");
-}
-
-unsigned emb_grid(int64_t rows) {
-  return static_cast<unsigned>(std::min<int64_t>(rows, kEmbMaxBlocks));
 }
 
 }  // namespace
@@ -169,9 +75,7 @@ void embed_fwd(const Tensor& ids, const Tensor& table, const Tensor& pe, double 
     using T = typename decltype(tag)::type;
     const T *tp = static_cast<const T*>(table.raw()), *pp = static_cast<const T*>(pe.raw());
     T* yp = static_cast<T*>(y.raw());
-    const size_t al = 4 * sizeof(T);
-    const bool vec =
-        d % 4 == 0 && emb_aligned(tp, al) && emb_aligned(pp, al) && emb_aligned(yp, al);
+    const bool vec = emb_vec(d, tp, pp, yp);
     embed_fwd_kernel<T>
         <<<emb_grid(rows), kEmbThreads, 0, s>>>(static_cast<const int32_t*>(ids.raw()), tp, pp, yp,
                                                 rows, l, v, d, static_cast<float>(scale), vec);

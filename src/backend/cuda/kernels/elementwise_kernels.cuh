@@ -1,0 +1,264 @@
+// The kernels of elementwise.cu and the host-side launch arithmetic they share with it, in a header
+// of their own so that tests/emu/test_elementwise_emu.cpp can compile this same source for the
+// CPU (tests/emu/simt_emu.h). See elementwise.cu for the ops, shapes and scheme.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#if defined(MH_SIMT_EMU)
+#include "simt_emu.h"
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace mh::cuda {
+
+namespace {
+
+#if defined(MH_SIMT_EMU)
+using std::min;  // the device's min(int64_t, int64_t), on the host
+#endif
+
+constexpr int kEwThreads = 256;
+constexpr int kEwVec = 4;
+constexpr int64_t kEwMaxBlocks = 1 << 16;
+
+__device__ __forceinline__ float ew_to_f(float x) {
+  return x;
+}
+__device__ __forceinline__ float ew_to_f(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+__device__ __forceinline__ float ew_to_f(__half x) {
+  return __half2float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T ew_from_f(float x);
+template <>
+__device__ __forceinline__ float ew_from_f<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 ew_from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+template <>
+__device__ __forceinline__ __half ew_from_f<__half>(float x) {
+  return __float2half(x);
+}
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) EwPack {
+  T v[V];
+};
+
+// f[0..V) = p[0..V) in fp32; V > 1 is one aligned vector load.
+template <int V, typename T>
+__device__ __forceinline__ void ew_load(const T* p, float (&f)[V]) {
+  if constexpr (V == 1) {
+    f[0] = ew_to_f(*p);
+  } else {
+    const EwPack<T, V> pk = *reinterpret_cast<const EwPack<T, V>*>(p);
+#pragma unroll
+    for (int k = 0; k < V; ++k) f[k] = ew_to_f(pk.v[k]);
+  }
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void ew_store(T* p, const float (&f)[V]) {
+  if constexpr (V == 1) {
+    *p = ew_from_f<T>(f[0]);
+  } else {
+    EwPack<T, V> pk;
+#pragma unroll
+    for (int k = 0; k < V; ++k) pk.v[k] = ew_from_f<T>(f[k]);
+    *reinterpret_cast<EwPack<T, V>*>(p) = pk;
+  }
+}
+
+// y = x Φ(x), Φ the standard normal CDF.
+__device__ __forceinline__ float ew_gelu(float x) {
+  return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+}
+// d/dx [x Φ(x)] = Φ(x) + x φ(x)
+__device__ __forceinline__ float ew_gelu_grad(float x) {
+  const float cdf = 0.5f * (1.f + erff(x * 0.70710678118654752f));
+  const float pdf = expf(-0.5f * x * x) * 0.3989422804014327f;  // 1/√(2π)
+  return cdf + x * pdf;
+}
+
+// Runs op.apply<V>(i) over elements [0, n): packs of kEwVec when `vec`, then the tail one by one.
+template <typename Op>
+__global__ void __launch_bounds__(kEwThreads) ew_map_kernel(Op op, int64_t n, bool vec) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t scalar_begin = 0;
+  if (vec) {
+    const int64_t packs = n / kEwVec;
+    for (int64_t p = t; p < packs; p += stride) op.template apply<kEwVec>(p * kEwVec);
+    scalar_begin = packs * kEwVec;
+  }
+  for (int64_t i = scalar_begin + t; i < n; i += stride) op.template apply<1>(i);
+}
+
+template <typename T, typename B>
+struct AddBiasOp {
+  T* y;           // [N, F] +=
+  const B* bias;  // [F]
+  int64_t f;
+  template <int V>
+  __device__ void apply(int64_t i) const {
+    float v[V];
+    ew_load<V>(y + i, v);
+    const int64_t col = i % f;  // a pack never straddles rows (F % V == 0)
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] += ew_to_f(bias[col + k]);
+    ew_store<V>(y + i, v);
+  }
+};
+
+template <typename T>
+struct AddOp {
+  const T* a;  // may alias out: each element is read before it is written, by the same thread
+  const T* b;
+  T* out;
+  template <int V>
+  __device__ void apply(int64_t i) const {
+    float va[V], vb[V];
+    ew_load<V>(a + i, va);
+    ew_load<V>(b + i, vb);
+#pragma unroll
+    for (int k = 0; k < V; ++k) va[k] += vb[k];
+    ew_store<V>(out + i, va);
+  }
+};
+
+template <typename T>
+struct ScaleOp {
+  T* x;
+  float s;
+  template <int V>
+  __device__ void apply(int64_t i) const {
+    float v[V];
+    ew_load<V>(x + i, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] *= s;
+    ew_store<V>(x + i, v);
+  }
+};
+
+template <typename S, typename D>
+struct CastOp {
+  const S* src;
+  D* dst;
+  template <int V>
+  __device__ void apply(int64_t i) const {
+    float v[V];
+    ew_load<V>(src + i, v);
+    ew_store<V>(dst + i, v);
+  }
+};
+
+template <typename T>
+struct ActFwdOp {
+  const T* x;
+  T* y;
+  bool gelu;
+  template <int V>
+  __device__ void apply(int64_t i) const {
+    float v[V];
+    ew_load<V>(x + i, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = gelu ? ew_gelu(v[k]) : (v[k] > 0.f ? v[k] : 0.f);
+    ew_store<V>(y + i, v);
+  }
+};
+
+template <typename T>
+struct ActBwdOp {
+  const T* dy;
+  const T* x;
+  T* dx;  // may alias dy
+  bool gelu;
+  template <int V>
+  __device__ void apply(int64_t i) const {
+    float g[V], v[V];
+    ew_load<V>(dy + i, g);
+    ew_load<V>(x + i, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) g[k] = gelu ? g[k] * ew_gelu_grad(v[k]) : (v[k] > 0.f ? g[k] : 0.f);
+    ew_store<V>(dx + i, g);
+  }
+};
+
+constexpr int kBgCols = 32;  // columns per block (one warp wide)
+constexpr int kBgRows = 8;   // row lanes per block
+
+// dbias[c] += Σ_{r in this block's chunk} dy[r, c]. Block (32, 8); grid (⌈F/32⌉, chunks).
+template <typename T, typename G>
+__global__ void __launch_bounds__(kBgCols* kBgRows)
+    bias_grad_kernel(const T* __restrict__ dy,  // [N, F]
+                     G* __restrict__ dbias,     // [F] +=
+                     int64_t n, int64_t f, int64_t rows_per_chunk) {
+  __shared__ float part[kBgRows][kBgCols + 1];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBgCols + threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t r1 = min(n, r0 + rows_per_chunk);
+  float acc = 0.f;
+  if (c < f)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kBgRows) acc += ew_to_f(dy[r * f + c]);
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= f) return;
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < kBgRows; ++k) s += part[k][threadIdx.x];
+  if constexpr (std::is_same_v<G, float>) {
+    if (gridDim.y == 1)
+      dbias[c] += s;
+    else
+      atomicAdd(dbias + c, s);
+  } else {
+    dbias[c] = ew_from_f<G>(ew_to_f(dbias[c]) + s);  // the launcher guarantees one chunk
+  }
+}
+
+// ---- host-side launch arithmetic (shared by the launchers and the emulation test) -------------
+
+inline bool ew_aligned(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// Blocks of kEwThreads for ew_map_kernel over n elements (packs of kEwVec when vec).
+inline unsigned ew_grid(int64_t n, bool vec) {
+  const int64_t work = vec ? (n + kEwVec - 1) / kEwVec : n;
+  return static_cast<unsigned>(
+      std::min<int64_t>((work + kEwThreads - 1) / kEwThreads, kEwMaxBlocks));
+}
+
+// bias_grad_kernel's grid (col_blocks, chunks) and rows per chunk for dy [n, f] (n, f > 0), on a
+// GPU of `sms` multiprocessors. An F32 dbias is summed by chunks of rows with atomics; a BF16/F16
+// dbias gets one chunk.
+struct BiasGradGrid {
+  int64_t col_blocks, chunks, rows_per_chunk;
+};
+inline BiasGradGrid bias_grad_grid(int64_t n, int64_t f, bool f32_dbias, int sms) {
+  const int64_t col_blocks = (f + kBgCols - 1) / kBgCols;
+  int64_t chunks = 1;
+  if (f32_dbias) {
+    // Enough blocks to fill the GPU a few times over, each summing at least 64 rows.
+    const int64_t want = std::max<int64_t>(1, 4 * sms / col_blocks);
+    chunks = std::clamp<int64_t>(want, 1, std::min<int64_t>((n + 63) / 64, 65535));
+  }
+  const int64_t rows_per_chunk = (n + chunks - 1) / chunks;
+  chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+  return {col_blocks, chunks, rows_per_chunk};
+}
+
+}  // namespace
+
+}  // namespace mh::cuda
