@@ -18,48 +18,21 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/kernels/layernorm_kernels.cuh"
+#include "kernel_emu_util.h"
 
 namespace mh::cuda {
 namespace {
 
-template <typename T>
-float to_float(T x) {
-  if constexpr (std::is_same_v<T, float>)
-    return x;
-  else if constexpr (std::is_same_v<T, __half>)
-    return __half2float(x);
-  else
-    return __bfloat162float(x);
-}
-
-template <typename T>
-T from_float(float x) {
-  if constexpr (std::is_same_v<T, float>)
-    return x;
-  else if constexpr (std::is_same_v<T, __half>)
-    return __float2half(x);
-  else
-    return __float2bfloat16(x);
-}
-
+using emu_test::from_f;
+using emu_test::to_f;
+// The dtype's name and error tolerance (kernel_emu_util.h).
 template <typename T>
 const char* type_name() {
-  if constexpr (std::is_same_v<T, float>)
-    return "F32";
-  else if constexpr (std::is_same_v<T, __half>)
-    return "F16";
-  else
-    return "BF16";
+  return dtype_name(emu_test::dtype_t<T>());
 }
-
 template <typename T>
 double tolerance() {
-  if constexpr (std::is_same_v<T, float>)
-    return 1e-5;
-  else if constexpr (std::is_same_v<T, __half>)
-    return 2e-3;
-  else
-    return 1e-2;
+  return emu_test::tolerance(emu_test::dtype_t<T>());
 }
 
 // A device-like buffer of count elements starting `offset` elements into its allocation (offset 1
@@ -78,19 +51,19 @@ template <typename T>
 Buf<T> random_buf(std::mt19937_64& rng, int64_t count, float mean, bool misaligned = false) {
   std::normal_distribution<float> nd(mean, 1.f);
   Buf<T> b(count, misaligned);
-  for (int64_t i = 0; i < count; ++i) b[i] = from_float<T>(nd(rng));
+  for (int64_t i = 0; i < count; ++i) b[i] = from_f<T>(nd(rng));
   return b;
 }
 
 template <typename T>
 void poison(Buf<T>& b, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) b[i] = from_float<T>(std::numeric_limits<float>::quiet_NaN());
+  for (int64_t i = 0; i < count; ++i) b[i] = from_f<T>(std::numeric_limits<float>::quiet_NaN());
 }
 
 template <typename T>
 Tensor to_f64(Buf<T>& b, const Shape& shape) {
   Tensor t = Tensor::empty(shape, DType::f64);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<double>()[i] = to_float(b[i]);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<double>()[i] = to_f(b[i]);
   return t;
 }
 
@@ -99,7 +72,7 @@ template <typename T>
 double rel_err(Buf<T>& got, const Tensor& want) {
   double diff = 0, mag = 0;
   for (int64_t i = 0; i < want.numel(); ++i) {
-    const double w = want.data<double>()[i], d = std::fabs(to_float(got[i]) - w);
+    const double w = want.data<double>()[i], d = std::fabs(to_f(got[i]) - w);
     if (!(d <= diff)) diff = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
     mag = std::max(mag, std::fabs(w));
   }

@@ -18,48 +18,21 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/kernels/softmax_xent_kernels.cuh"
+#include "kernel_emu_util.h"
 
 namespace mh::cuda {
 namespace {
 
-template <typename T>
-float to_float(T x) {
-  if constexpr (std::is_same_v<T, float>)
-    return x;
-  else if constexpr (std::is_same_v<T, __half>)
-    return __half2float(x);
-  else
-    return __bfloat162float(x);
-}
-
-template <typename T>
-T from_float(float x) {
-  if constexpr (std::is_same_v<T, float>)
-    return x;
-  else if constexpr (std::is_same_v<T, __half>)
-    return __float2half(x);
-  else
-    return __float2bfloat16(x);
-}
-
+using emu_test::from_f;
+using emu_test::to_f;
+// The dtype's name and error tolerance (kernel_emu_util.h).
 template <typename T>
 const char* type_name() {
-  if constexpr (std::is_same_v<T, float>)
-    return "F32";
-  else if constexpr (std::is_same_v<T, __half>)
-    return "F16";
-  else
-    return "BF16";
+  return dtype_name(emu_test::dtype_t<T>());
 }
-
 template <typename T>
 double tolerance() {
-  if constexpr (std::is_same_v<T, float>)
-    return 1e-5;
-  else if constexpr (std::is_same_v<T, __half>)
-    return 2e-3;
-  else
-    return 1e-2;
+  return emu_test::tolerance(emu_test::dtype_t<T>());
 }
 
 constexpr int kSms = 4, kPerSm = 2;  // the emulated GPU: xent_blocks gives at most 8 blocks
@@ -88,7 +61,7 @@ void run_case(const Case& c, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.f, 3.f);
   std::vector<T> logits(static_cast<size_t>(n * v));
-  for (T& x : logits) x = from_float<T>(nd(rng));
+  for (T& x : logits) x = from_f<T>(nd(rng));
   std::vector<int32_t> labels(static_cast<size_t>(n));
   std::uniform_int_distribution<int32_t> lab(0, static_cast<int32_t>(v - 1));
   bool any_bad = false;
@@ -105,7 +78,7 @@ void run_case(const Case& c, uint64_t seed) {
   // gradient too and makes the loss sums NaN.
   CpuBackend cpu;
   Tensor x64 = Tensor::empty({n, v}, DType::f64), lab64 = Tensor::empty({n}, DType::i32);
-  for (int64_t i = 0; i < n * v; ++i) x64.data<double>()[i] = to_float(logits[i]);
+  for (int64_t i = 0; i < n * v; ++i) x64.data<double>()[i] = to_f(logits[i]);
   for (int64_t i = 0; i < n; ++i)
     lab64.data<int32_t>()[i] = bad(i) ? static_cast<int32_t>(kPad) : labels[i];
   Tensor dx64 = Tensor::empty({n, v}, DType::f64);
@@ -113,7 +86,7 @@ void run_case(const Case& c, uint64_t seed) {
       cpu.softmax_xent(x64, lab64, kPad, c.smoothing, kGradScale, c.with_grad ? &dx64 : nullptr);
 
   std::vector<T> dx_buf(static_cast<size_t>(n * v),
-                        from_float<T>(std::numeric_limits<float>::quiet_NaN()));
+                        from_f<T>(std::numeric_limits<float>::quiet_NaN()));
   T* dx = c.with_grad ? (c.aliased ? logits.data() : dx_buf.data()) : nullptr;
   const double preset[3] = {0.5, -1.25, 3.0};  // the sums are accumulated (+=)
   double sums[3] = {preset[0], preset[1], preset[2]};
@@ -136,7 +109,7 @@ void run_case(const Case& c, uint64_t seed) {
   double diff = 0, mag = 0;
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < v; ++j) {
-      const float got = to_float(dx[i * v + j]);
+      const float got = to_f(dx[i * v + j]);
       if (labels[i] == kPad || bad(i)) {
         ASSERT_EQ(got, 0.f) << "padding / bad-label row " << i << " column " << j;
         continue;
