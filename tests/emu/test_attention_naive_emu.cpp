@@ -15,36 +15,23 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/kernels/attention_naive_kernels.cuh"
+#include "kernel_emu_util.h"
 
 namespace mh::cuda {
 namespace {
 
+// Conversions to and from the kernel's dtype (kernel_emu_util.h).
 template <typename T>
 T to(float x) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __float2half(x);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return __float2bfloat16(x);
-  else
-    return x;
+  return emu_test::from_f<T>(x);
 }
 template <typename T>
 float from(T x) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __half2float(x);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return __bfloat162float(x);
-  else
-    return x;
+  return emu_test::to_f(x);
 }
 template <typename T>
 double tol() {
-  if constexpr (std::is_same_v<T, __half>)
-    return 2e-3;
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return 1e-2;
-  else
-    return 1e-5;
+  return emu_test::tolerance(emu_test::dtype_t<T>());
 }
 template <typename T>
 const char* name() {

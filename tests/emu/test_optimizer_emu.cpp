@@ -14,6 +14,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/kernels/optimizer_kernels.cuh"
+#include "kernel_emu_util.h"
 
 namespace mh::cuda {
 namespace {
@@ -90,23 +91,14 @@ TEST(OptimizerEmu, AdamMultiMatchesCpu) {
   }
 }
 
+// Conversions to and from the kernel's dtype (kernel_emu_util.h).
 template <typename T>
 T to(float x) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __float2half(x);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return __float2bfloat16(x);
-  else
-    return x;
+  return emu_test::from_f<T>(x);
 }
 template <typename T>
 float from(T x) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __half2float(x);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return __bfloat162float(x);
-  else
-    return x;
+  return emu_test::to_f(x);
 }
 
 // Σ x² of x rounded to T, by the kernel (+= onto 2.5) and by CpuBackend on the rounded values.
