@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "backend/cuda/kernels/dtype_convert.cuh"
 #include "core/error.h"
 
 namespace mh::cuda {
@@ -27,31 +28,6 @@ using std::min;
 
 constexpr int kSmThreads = 256;
 constexpr int kSmRowsPerBlock = kSmThreads / 32;
-
-__device__ __forceinline__ float sm_load(float x) {
-  return x;
-}
-__device__ __forceinline__ float sm_load(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float sm_load(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T sm_store(float x);
-template <>
-__device__ __forceinline__ float sm_store<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 sm_store<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half sm_store<__half>(float x) {
-  return __float2half(x);
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kSmThreads)
@@ -67,14 +43,14 @@ __global__ void __launch_bounds__(kSmThreads)
   if (causal && i + 1 < n) n = static_cast<int>(i + 1);
   T* x = scores + row * lk;
   float m = -INFINITY;
-  for (int j = lane; j < n; j += 32) m = fmaxf(m, sm_load(x[j]) * scale);
+  for (int j = lane; j < n; j += 32) m = fmaxf(m, to_f32(x[j]) * scale);
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   float s = 0.f;
-  for (int j = lane; j < n; j += 32) s += expf(sm_load(x[j]) * scale - m);
+  for (int j = lane; j < n; j += 32) s += expf(to_f32(x[j]) * scale - m);
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   const float inv = n > 0 ? 1.f / s : 0.f;
   for (int j = lane; j < lk; j += 32)
-    x[j] = sm_store<T>(j < n ? expf(sm_load(x[j]) * scale - m) * inv : 0.f);
+    x[j] = from_f32<T>(j < n ? expf(to_f32(x[j]) * scale - m) * inv : 0.f);
 }
 
 template <typename T>
@@ -89,13 +65,13 @@ __global__ void __launch_bounds__(kSmThreads)
   T* g = grad + row * lk;
   float dot = 0.f;  // Σ_j dP_j P_j
   for (int j = lane; j < lk; j += 32) {
-    const float pj = sm_load(p[j]);
-    if (pj != 0.f) dot += sm_load(g[j]) * pj;
+    const float pj = to_f32(p[j]);
+    if (pj != 0.f) dot += to_f32(g[j]) * pj;
   }
   for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
   for (int j = lane; j < lk; j += 32) {
-    const float pj = sm_load(p[j]);
-    g[j] = sm_store<T>(pj != 0.f ? pj * (sm_load(g[j]) - dot) * scale : 0.f);
+    const float pj = to_f32(p[j]);
+    g[j] = from_f32<T>(pj != 0.f ? pj * (to_f32(g[j]) - dot) * scale : 0.f);
   }
 }
 

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "backend/cuda/kernels/dtype_convert.cuh"
 #include "core/philox.h"
 
 namespace mh::cuda {
@@ -22,31 +23,6 @@ namespace {
 
 constexpr int kDropThreads = 256;
 constexpr int64_t kDropMaxBlocks = 1 << 16;
-
-__device__ __forceinline__ float drop_to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float drop_to_f(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float drop_to_f(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T drop_from_f(float x);
-template <>
-__device__ __forceinline__ float drop_from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 drop_from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half drop_from_f<__half>(float x) {
-  return __float2half(x);
-}
 
 template <typename T>
 struct alignas(sizeof(T) * 4) DropPack {
@@ -74,14 +50,14 @@ __global__ void __launch_bounds__(kDropThreads)
       DropPack<T> pk = *reinterpret_cast<const DropPack<T>*>(x + base);
 #pragma unroll
       for (int l = 0; l < 4; ++l)
-        pk.v[l] = (r.v[l] >> 8) >= threshold ? drop_from_f<T>(drop_to_f(pk.v[l]) * scale)
-                                             : drop_from_f<T>(0.f);
+        pk.v[l] =
+            (r.v[l] >> 8) >= threshold ? from_f32<T>(to_f32(pk.v[l]) * scale) : from_f32<T>(0.f);
       *reinterpret_cast<DropPack<T>*>(y + base) = pk;
     } else {
       const int count = n - base < 4 ? static_cast<int>(n - base) : 4;
       for (int l = 0; l < count; ++l)
-        y[base + l] = (r.v[l] >> 8) >= threshold ? drop_from_f<T>(drop_to_f(x[base + l]) * scale)
-                                                 : drop_from_f<T>(0.f);
+        y[base + l] = (r.v[l] >> 8) >= threshold ? from_f32<T>(to_f32(x[base + l]) * scale)
+                                                 : from_f32<T>(0.f);
     }
   }
 }

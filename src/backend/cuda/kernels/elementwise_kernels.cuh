@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include "backend/cuda/kernels/dtype_convert.cuh"
 
 namespace mh::cuda {
 
@@ -26,31 +27,6 @@ constexpr int kEwThreads = 256;
 constexpr int kEwVec = 4;
 constexpr int64_t kEwMaxBlocks = 1 << 16;
 
-__device__ __forceinline__ float ew_to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float ew_to_f(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float ew_to_f(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T ew_from_f(float x);
-template <>
-__device__ __forceinline__ float ew_from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 ew_from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half ew_from_f<__half>(float x) {
-  return __float2half(x);
-}
-
 template <typename T, int V>
 struct alignas(sizeof(T) * V) EwPack {
   T v[V];
@@ -60,22 +36,22 @@ struct alignas(sizeof(T) * V) EwPack {
 template <int V, typename T>
 __device__ __forceinline__ void ew_load(const T* p, float (&f)[V]) {
   if constexpr (V == 1) {
-    f[0] = ew_to_f(*p);
+    f[0] = to_f32(*p);
   } else {
     const EwPack<T, V> pk = *reinterpret_cast<const EwPack<T, V>*>(p);
 #pragma unroll
-    for (int k = 0; k < V; ++k) f[k] = ew_to_f(pk.v[k]);
+    for (int k = 0; k < V; ++k) f[k] = to_f32(pk.v[k]);
   }
 }
 
 template <int V, typename T>
 __device__ __forceinline__ void ew_store(T* p, const float (&f)[V]) {
   if constexpr (V == 1) {
-    *p = ew_from_f<T>(f[0]);
+    *p = from_f32<T>(f[0]);
   } else {
     EwPack<T, V> pk;
 #pragma unroll
-    for (int k = 0; k < V; ++k) pk.v[k] = ew_from_f<T>(f[k]);
+    for (int k = 0; k < V; ++k) pk.v[k] = from_f32<T>(f[k]);
     *reinterpret_cast<EwPack<T, V>*>(p) = pk;
   }
 }
@@ -116,7 +92,7 @@ struct AddBiasOp {
     ew_load<V>(y + i, v);
     const int64_t col = i % f;  // a pack never straddles rows (F % V == 0)
 #pragma unroll
-    for (int k = 0; k < V; ++k) v[k] += ew_to_f(bias[col + k]);
+    for (int k = 0; k < V; ++k) v[k] += to_f32(bias[col + k]);
     ew_store<V>(y + i, v);
   }
 };
@@ -210,7 +186,7 @@ __global__ void __launch_bounds__(kBgCols* kBgRows)
   const int64_t r1 = min(n, r0 + rows_per_chunk);
   float acc = 0.f;
   if (c < f)
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kBgRows) acc += ew_to_f(dy[r * f + c]);
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kBgRows) acc += to_f32(dy[r * f + c]);
   part[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y != 0 || c >= f) return;
@@ -223,7 +199,7 @@ __global__ void __launch_bounds__(kBgCols* kBgRows)
     else
       atomicAdd(dbias + c, s);
   } else {
-    dbias[c] = ew_from_f<G>(ew_to_f(dbias[c]) + s);  // the launcher guarantees one chunk
+    dbias[c] = from_f32<G>(to_f32(dbias[c]) + s);  // the launcher guarantees one chunk
   }
 }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include "backend/cuda/kernels/dtype_convert.cuh"
 
 namespace mh::cuda {
 
@@ -20,31 +21,6 @@ namespace {
 
 constexpr int kEmbThreads = 128;
 constexpr int64_t kEmbMaxBlocks = 1 << 16;
-
-__device__ __forceinline__ float emb_to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float emb_to_f(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float emb_to_f(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T emb_from_f(float x);
-template <>
-__device__ __forceinline__ float emb_from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 emb_from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half emb_from_f<__half>(float x) {
-  return __float2half(x);
-}
 
 template <typename T>
 struct alignas(sizeof(T) * 4) EmbPack {
@@ -63,7 +39,7 @@ __global__ void __launch_bounds__(kEmbThreads)
     T* out = y + row * d;
     if (tok < 0 || tok >= vocab) {  // see the file comment
       for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-        out[j] = emb_from_f<T>(__int_as_float(0x7fc00000));
+        out[j] = from_f32<T>(__int_as_float(0x7fc00000));
       continue;
     }
     const T* src = table + tok * d;
@@ -74,13 +50,12 @@ __global__ void __launch_bounds__(kEmbThreads)
         const EmbPack<T> p = *reinterpret_cast<const EmbPack<T>*>(pos + j);
         EmbPack<T> o;
 #pragma unroll
-        for (int k = 0; k < 4; ++k)
-          o.v[k] = emb_from_f<T>(emb_to_f(a.v[k]) * scale + emb_to_f(p.v[k]));
+        for (int k = 0; k < 4; ++k) o.v[k] = from_f32<T>(to_f32(a.v[k]) * scale + to_f32(p.v[k]));
         *reinterpret_cast<EmbPack<T>*>(out + j) = o;
       }
     } else {
       for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-        out[j] = emb_from_f<T>(emb_to_f(src[j]) * scale + emb_to_f(pos[j]));
+        out[j] = from_f32<T>(to_f32(src[j]) * scale + to_f32(pos[j]));
     }
   }
 }
@@ -97,11 +72,11 @@ __global__ void __launch_bounds__(kEmbThreads)
     const T* g = dy + row * d;
     G* dst = dtable + tok * d;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const float v = scale * emb_to_f(g[j]);  // dtable[id] += scale · dy
+      const float v = scale * to_f32(g[j]);  // dtable[id] += scale · dy
       if constexpr (std::is_same_v<G, float>)
         atomicAdd(dst + j, v);
       else
-        atomicAdd(dst + j, emb_from_f<G>(v));
+        atomicAdd(dst + j, from_f32<G>(v));
     }
   }
 }

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include "backend/cuda/kernels/dtype_convert.cuh"
 
 namespace mh::cuda {
 
@@ -24,31 +25,6 @@ constexpr int64_t kLnMaxBlocks = 1 << 16;
 constexpr int kLnCols = 32;  // column kernel: columns per block
 constexpr int kLnRows = 8;   // column kernel: row lanes per block
 
-__device__ __forceinline__ float ln_to_f(float x) {
-  return x;
-}
-__device__ __forceinline__ float ln_to_f(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float ln_to_f(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T ln_from_f(float x);
-template <>
-__device__ __forceinline__ float ln_from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 ln_from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half ln_from_f<__half>(float x) {
-  return __float2half(x);
-}
-
 template <typename T>
 struct alignas(sizeof(T) * 4) LnPack {
   T v[4];
@@ -58,14 +34,14 @@ template <typename T>
 __device__ __forceinline__ void ln_load4(const T* p, float (&f)[4]) {
   const LnPack<T> pk = *reinterpret_cast<const LnPack<T>*>(p);
 #pragma unroll
-  for (int k = 0; k < 4; ++k) f[k] = ln_to_f(pk.v[k]);
+  for (int k = 0; k < 4; ++k) f[k] = to_f32(pk.v[k]);
 }
 
 template <typename T>
 __device__ __forceinline__ void ln_store4(T* p, const float (&f)[4]) {
   LnPack<T> pk;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) pk.v[k] = ln_from_f<T>(f[k]);
+  for (int k = 0; k < 4; ++k) pk.v[k] = from_f32<T>(f[k]);
   *reinterpret_cast<LnPack<T>*>(p) = pk;
 }
 
@@ -86,7 +62,7 @@ __device__ __forceinline__ void ln_row_each(const T* row, int64_t d, bool vec, i
       for (int k = 0; k < 4; ++k) fn(j + k, v[k]);
     }
   } else {
-    for (int64_t j = lane; j < d; j += 32) fn(j, ln_to_f(row[j]));
+    for (int64_t j = lane; j < d; j += 32) fn(j, to_f32(row[j]));
   }
 }
 
@@ -121,12 +97,12 @@ __global__ void __launch_bounds__(kLnThreads)
         ln_load4(xr + j, v);
 #pragma unroll
         for (int k = 0; k < 4; ++k)
-          v[k] = (v[k] - mu) * r * ln_to_f(weight[j + k]) + ln_to_f(bias[j + k]);
+          v[k] = (v[k] - mu) * r * to_f32(weight[j + k]) + to_f32(bias[j + k]);
         ln_store4(yr + j, v);
       }
     } else {
       for (int64_t j = lane; j < d; j += 32)
-        yr[j] = ln_from_f<T>((ln_to_f(xr[j]) - mu) * r * ln_to_f(weight[j]) + ln_to_f(bias[j]));
+        yr[j] = from_f32<T>((to_f32(xr[j]) - mu) * r * to_f32(weight[j]) + to_f32(bias[j]));
     }
   }
 }
@@ -156,16 +132,16 @@ __global__ void __launch_bounds__(kLnThreads)
         ln_load4(xr + j, v);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          const float gh = g[k] * ln_to_f(weight[j + k]);
+          const float gh = g[k] * to_f32(weight[j + k]);
           sg += gh;
           sgx += gh * (v[k] - mu) * r;
         }
       }
     } else {
       for (int64_t j = lane; j < d; j += 32) {
-        const float gh = ln_to_f(gr[j]) * ln_to_f(weight[j]);
+        const float gh = to_f32(gr[j]) * to_f32(weight[j]);
         sg += gh;
-        sgx += gh * (ln_to_f(xr[j]) - mu) * r;
+        sgx += gh * (to_f32(xr[j]) - mu) * r;
       }
     }
     const float mg = ln_warp_sum(sg) / static_cast<float>(d);
@@ -178,13 +154,13 @@ __global__ void __launch_bounds__(kLnThreads)
         ln_load4(xr + j, v);
 #pragma unroll
         for (int k = 0; k < 4; ++k)
-          g[k] = r * (g[k] * ln_to_f(weight[j + k]) - mg - (v[k] - mu) * r * mgx);
+          g[k] = r * (g[k] * to_f32(weight[j + k]) - mg - (v[k] - mu) * r * mgx);
         ln_store4(dr + j, g);
       }
     } else {
       for (int64_t j = lane; j < d; j += 32) {
-        const float xh = (ln_to_f(xr[j]) - mu) * r;
-        dr[j] = ln_from_f<T>(r * (ln_to_f(gr[j]) * ln_to_f(weight[j]) - mg - xh * mgx));
+        const float xh = (to_f32(xr[j]) - mu) * r;
+        dr[j] = from_f32<T>(r * (to_f32(gr[j]) * to_f32(weight[j]) - mg - xh * mgx));
       }
     }
   }
@@ -208,9 +184,9 @@ __global__ void __launch_bounds__(kLnCols* kLnRows)
   float aw = 0.f, ab = 0.f;
   if (c < d)
     for (int64_t r = r0 + threadIdx.y; r < r1; r += kLnRows) {
-      const float g = ln_to_f(dy[r * d + c]);
-      aw += g * (ln_to_f(x[r * d + c]) - mean[r]) * rstd[r];  // dw += dy ∘ x̂
-      ab += g;                                                // db += dy
+      const float g = to_f32(dy[r * d + c]);
+      aw += g * (to_f32(x[r * d + c]) - mean[r]) * rstd[r];  // dw += dy ∘ x̂
+      ab += g;                                               // db += dy
     }
   part_w[threadIdx.y][threadIdx.x] = aw;
   part_b[threadIdx.y][threadIdx.x] = ab;

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include "backend/cuda/kernels/dtype_convert.cuh"
 
 namespace mh::cuda {
 
@@ -52,16 +53,6 @@ __global__ void __launch_bounds__(kAdamThreads)
   }
 }
 
-__device__ __forceinline__ float sq_load(float x) {
-  return x;
-}
-__device__ __forceinline__ float sq_load(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float sq_load(__half x) {
-  return __half2float(x);
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kSumThreads) sum_squares_kernel(const T* __restrict__ x,  // [n]
                                                                   int64_t n,
@@ -71,7 +62,7 @@ __global__ void __launch_bounds__(kSumThreads) sum_squares_kernel(const T* __res
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
-    const float xi = sq_load(x[i]);
+    const float xi = to_f32(x[i]);
     acc += xi * xi;
   }
   for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include "backend/cuda/kernels/dtype_convert.cuh"
 
 namespace mh::cuda {
 
@@ -20,31 +21,6 @@ namespace {
 
 constexpr int kXentThreads = 512;
 constexpr int kXentWarps = kXentThreads / 32;
-
-__device__ __forceinline__ float xent_load(float x) {
-  return x;
-}
-__device__ __forceinline__ float xent_load(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ float xent_load(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T xent_store(float x);
-template <>
-__device__ __forceinline__ float xent_store<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 xent_store<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half xent_store<__half>(float x) {
-  return __float2half(x);
-}
 
 // (m, s) ← merge of two online-softmax states: s = Σ exp(x − m). An empty state is (−inf, 0).
 __device__ __forceinline__ void xent_merge(float& m, float& s, float m2, float s2) {
@@ -75,7 +51,7 @@ __global__ void __launch_bounds__(kXentThreads)
     const int32_t y = labels[row];
     if (y == pad_id || y < 0 || y >= v) {  // uniform over the block: no barrier is skipped
       if (dx)
-        for (int j = tid; j < v; j += kXentThreads) dx[j] = xent_store<T>(0.f);
+        for (int j = tid; j < v; j += kXentThreads) dx[j] = from_f32<T>(0.f);
       if (tid == 0 && y != pad_id) loss_acc = nll_acc = nan("");
       continue;
     }
@@ -83,7 +59,7 @@ __global__ void __launch_bounds__(kXentThreads)
     // Pass 1: online max / Σ exp and Σ x over this thread's strided elements.
     float m = -INFINITY, s = 0.f, sx = 0.f;
     for (int j = tid; j < v; j += kXentThreads) {
-      const float xj = xent_load(x[j]);
+      const float xj = to_f32(x[j]);
       sx += xj;
       if (xj > m) {
         s = s * expf(m - xj) + 1.f;
@@ -118,7 +94,7 @@ __global__ void __launch_bounds__(kXentThreads)
         row_m = m;
         row_s = s;
         const double lse = static_cast<double>(m) + log(static_cast<double>(s));
-        const double nll = lse - static_cast<double>(xent_load(x[y]));
+        const double nll = lse - static_cast<double>(to_f32(x[y]));
         nll_acc += nll;
         loss_acc += static_cast<double>(on) * nll +
                     static_cast<double>(eps) * (lse - static_cast<double>(sx) / v);
@@ -132,9 +108,9 @@ __global__ void __launch_bounds__(kXentThreads)
     if (dx) {
       const float a = grad_scale / sum, b = grad_scale * off, c = grad_scale * on;
       for (int j = tid; j < v; j += kXentThreads) {
-        float d = expf(xent_load(x[j]) - mx) * a - b;
+        float d = expf(to_f32(x[j]) - mx) * a - b;
         if (j == y) d -= c;
-        dx[j] = xent_store<T>(d);
+        dx[j] = from_f32<T>(d);
       }
     }
     __syncthreads();  // row_* and sh_* are rewritten by the next row
