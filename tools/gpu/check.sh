@@ -235,7 +235,9 @@ step libs_resolved 20 "${MHENV[@]}" bash -c "ldd '$MH' | grep -E 'not found|$RT|
 
 # --- 5. correctness: the gpu-labelled tests, then MPI across 2 ranks -------------------------------
 if command -v ctest >/dev/null; then
-  TAIL_LINES=15 step ctest_gpu 200 "${MHENV[@]}" ctest --test-dir "$BUILD" -L gpu \
+  # -j 6: the ~130 gpu tests are separate processes (backend set-up, cuDNN graph builds) that
+  # share the GPU well; one at a time they could outlast the step's time.
+  TAIL_LINES=15 step ctest_gpu 200 "${MHENV[@]}" ctest --test-dir "$BUILD" -L gpu -j 6 \
     --output-on-failure --timeout 120 --no-tests=error
 else
   say "no ctest on PATH: the gpu tests' binaries one by one, without ctest's arguments"
