@@ -180,13 +180,7 @@ XentResult CudaBackend::softmax_xent(const Tensor& logits, const Tensor& labels,
 }
 
 double CudaBackend::sum_squares(const Tensor& x) {
-  Tensor out = sums_.view({3}).rows(0, 1);
-  MH_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, sizeof(double), compute_));
-  if (x.numel() > 0) cuda::sum_squares(x, out, compute_);
-  double host = 0;
-  MH_CUDA_CHECK(cudaMemcpyAsync(&host, out.raw(), sizeof(host), cudaMemcpyDeviceToHost, compute_));
-  MH_CUDA_CHECK(cudaStreamSynchronize(compute_));
-  return host;
+  return sum_squares_all({&x});
 }
 
 double CudaBackend::sum_squares_all(const std::vector<const Tensor*>& xs) {
@@ -244,26 +238,7 @@ void CudaBackend::adam_step_all(const std::vector<AdamSlot>& slots, double lr, d
 void CudaBackend::adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr,
                             double beta1, double beta2, double eps, double weight_decay,
                             int64_t step, double grad_scale) {
-  MH_CHECK(param.dtype() == DType::f32 && grad.dtype() == DType::f32 && m.dtype() == DType::f32 &&
-               v.dtype() == DType::f32,
-           "adam_step: F32 params, grads and moments");
-  MH_CHECK(
-      grad.numel() == param.numel() && m.numel() == param.numel() && v.numel() == param.numel(),
-      "adam_step shapes");
-  if (param.numel() == 0) return;
-  // A one-tensor list: [params*, grads*, m*, v*, size] in one small device block.
-  struct Slot {
-    float* p[4];
-    int64_t size;
-  } host{{param.data<float>(), const_cast<float*>(grad.data<float>()), m.data<float>(),
-          v.data<float>()},
-         param.numel()};
-  Tensor dev = empty({static_cast<int64_t>(sizeof(Slot))}, DType::u8);
-  MH_CUDA_CHECK(cudaMemcpyAsync(dev.raw(), &host, sizeof(Slot), cudaMemcpyHostToDevice, compute_));
-  auto* slot = static_cast<Slot*>(dev.raw());
-  cuda::AdamTensorList list{&slot->p[0], &slot->p[1], &slot->p[2],  &slot->p[3],
-                            &slot->size, 1,           param.numel()};
-  cuda::adam_multi(list, lr, beta1, beta2, eps, weight_decay, step, grad_scale, compute_);
+  adam_step_all({{&param, &grad, &m, &v}}, lr, beta1, beta2, eps, weight_decay, step, grad_scale);
 }
 
 }  // namespace mh

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <mutex>
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/cuda_check.h"
@@ -51,6 +53,17 @@ void check_attn_problem(const AttnProblem& p, const char* who) {
         who, ": padded total rows ", p.total_q, "/", p.total_k, " != batch × max_len");
   }
   MH_CHECK(p.total_q * p.row_elems() < (int64_t{1} << 40), who, ": problem too large");
+}
+
+void set_smem_limit_once(const void* kernel, int bytes) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;  // (kernel, device)
+  int dev = 0;
+  MH_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, dev})) return;
+  MH_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.insert({kernel, dev});
 }
 
 namespace {

@@ -63,6 +63,14 @@ struct AttnBwdIO {
 // already on the device (`key_len_dev`; may be null when only asking what is supported).
 AttnProblem padded_attn_problem(const AttnArgs& a, DType t, const int32_t* key_len_dev);
 
+// Raises `kernel`'s dynamic shared-memory limit to `bytes` on the current device, once per
+// (kernel, device): the launchers call it on every launch, the driver only the first time.
+void set_smem_limit_once(const void* kernel, int bytes);
+template <typename K>
+void set_smem_limit_once(K* kernel, int bytes) {
+  set_smem_limit_once(reinterpret_cast<const void*>(kernel), bytes);
+}
+
 // Checks the problem (dtypes, head_dim, lengths, pointers); a message naming what is wrong.
 void check_attn_problem(const AttnProblem& p, const char* who);
 

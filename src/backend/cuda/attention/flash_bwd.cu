@@ -89,8 +89,7 @@ void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cud
 
   const BwdParams<T> p = bwd_params<T>(pr, io, dq_acc, dsum);
   const int smem = bwd_smem_bytes<T, D>();
-  MH_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<T, D>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  set_smem_limit_once(flash_bwd_kernel<T, D>, smem);
   const dim3 grid((pr.max_len_k + kBwdBN - 1) / kBwdBN, pr.heads, pr.batch);
   if (grid.x > 0) {
     flash_bwd_kernel<T, D><<<grid, bwd_threads(kBwdBN), smem, s>>>(p);

@@ -30,8 +30,7 @@ template <typename T, int D>
 void launch_fwd(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
   const FwdParams<T> p = fwd_params<T>(pr, io);
   const int smem = fwd_smem_bytes<T, D>();
-  MH_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<T, D>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  set_smem_limit_once(flash_fwd_kernel<T, D>, smem);
   const dim3 grid((pr.max_len_q + kFwdBM - 1) / kFwdBM, pr.heads, pr.batch);
   flash_fwd_kernel<T, D><<<grid, fwd_threads(kFwdBM), smem, s>>>(p);
   MH_CUDA_CHECK_LAUNCH();
