@@ -42,4 +42,8 @@ else()
   mh_ddp_test(single_process_world 300)
   # launch/mpirun.sh: dry runs and one 2-rank training.
   mh_ddp_test(launcher 300)
+  # 2 ranks sharing one GPU (gradients over MPI through host memory) against 1 process on it;
+  # exits 77, skipped, without a GPU or without the CUDA backend.
+  mh_ddp_test(gpu_equivalence 300 gpu)
+  set_tests_properties(ddp.gpu_equivalence PROPERTIES SKIP_RETURN_CODE 77)
 endif()

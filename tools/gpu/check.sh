@@ -212,6 +212,11 @@ MPIRUN="$RT/${OMPI_BINDIR_REL:-ompi/bin}/mpirun"
 if [[ -n "$MPIEXEC" ]]; then  # the gpu tests' mpirun: the payload's
   find "$BUILD" -name 'CTestTestfile.cmake' -print0 | xargs -0 -r sed -i "s#$MPIEXEC#$MPIRUN#g"
 fi
+# ... and their Python (ddp.gpu_equivalence compares weights with NumPy): this machine's.
+if PY_ABS=$(command -v "$PY"); then
+  find "$BUILD" -name 'CTestTestfile.cmake' -print0 |
+    xargs -0 -r sed -i "s#MH_PYTHON=[^;\"]*#MH_PYTHON=$PY_ABS#g"
+fi
 printf '%s\n' "${MHENV[@]:1}" >"$LOGS/environment.txt"
 
 # --- 3. the GPU ----------------------------------------------------------------------------------
