@@ -41,7 +41,7 @@
 //
 // Graphs are built once per shape (dtype, B, H, d, max_len_q, max_len_k, packed, causal, scale),
 // forward and backward together by the first supports() for that shape, and cached with the
-// answer; at most kMaxBuiltShapes shapes keep their graphs (the oldest are dropped, rebuilt if
+// answer; at most kMaxBuiltShapes shapes keep their graphs (the least used lately go, rebuilt if
 // they come back), answers are kept for good. The packed token totals are not part of the key:
 // cuDNN then sizes the backward workspace for B · max_len rows (the documented default), so one
 // graph serves every batch of the same B and max lengths. Workspace and the small per-call arrays
@@ -436,18 +436,28 @@ struct CudnnSdpa::Impl {
     return s;
   }
 
-  // A supported shape's graphs, rebuilt if they were dropped.
+  // A supported shape's graphs, rebuilt if they were dropped; the shape becomes the most
+  // recently used one (the last to be dropped).
   const Shape& graphs(const ShapeKey& k) {
     Shape& s = shapes.at(k);
     MH_CHECK(s.ok, "cuDNN SDPA: unsupported shape: ", s.why);
     if (!s.fwd) {
       const std::string e = build(k, s);
       MH_CHECK(e.empty(), "cuDNN SDPA: rebuilding graphs that built before failed: ", e);
+    } else {
+      for (auto it = built.begin(); it != built.end(); ++it)
+        if (!(*it < k) && !(k < *it)) {
+          built.splice(built.end(), built, it);
+          break;
+        }
     }
     return s;
   }
 
-  // Builds both graphs into `s`: "" or what failed. The newest kMaxBuiltShapes keep theirs.
+  // Builds both graphs into `s`: "" or what failed. The kMaxBuiltShapes most recently used keep
+  // theirs. A dropped graph's last launch may still be running on the handle's stream: that stream
+  // is drained first (destroying an execution plan frees its compiled kernels; a build costs
+  // seconds, the drain nothing in comparison). When it cannot be drained, nothing is dropped.
   std::string build(const ShapeKey& k, Shape& s) {
     std::string e;
     try {
@@ -464,7 +474,9 @@ struct CudnnSdpa::Impl {
       return str("building the graphs threw: ", x.what());
     }
     built.push_back(k);
-    if (built.size() > kMaxBuiltShapes) {
+    cudaStream_t last = nullptr;
+    if (built.size() > kMaxBuiltShapes && cudnnGetStream(handle, &last) == CUDNN_STATUS_SUCCESS &&
+        cudaStreamSynchronize(last) == cudaSuccess) {
       Shape& old = shapes.at(built.front());
       old.fwd.reset();
       old.bwd.reset();
