@@ -441,6 +441,41 @@ TEST(CudnnSdpaSupports, RefusesWhatItCannotDo) {
   expect_refused(sdpa, p, "total_q");
 }
 
+// The graph descriptions themselves (dims, strides, ragged offsets, masks, Stats layout), checked
+// by cudnn-frontend's validate() for an sm_90 (H100/H200) and an sm_80 target, GPU or not: every
+// padded case above, and its packed form (sm_90 only: cuDNN's backward reads no packed
+// statistics on sm_8x, supports() refuses that form there).
+TEST(CudnnSdpaGraphs, ValidateOfflineForSm90AndSm80) {
+  const int32_t dummy[4] = {};  // packed form: cu_seqlens are only pointers to validate()
+  std::string why;
+  for (const SdpaCase& c : sdpa_cases()) {
+    cuda::AttnProblem p = valid_problem();
+    p.dtype = c.dtype;
+    p.batch = static_cast<int>(c.key_len.size());
+    p.heads = static_cast<int>(c.heads);
+    p.head_dim = static_cast<int>(c.head_dim);
+    p.max_len_q = static_cast<int>(c.len_q);
+    p.max_len_k = static_cast<int>(c.len_k);
+    p.total_q = int64_t{p.batch} * p.max_len_q;
+    p.total_k = int64_t{p.batch} * p.max_len_k;
+    p.causal = c.causal;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    if (!cuda::CudnnSdpa::validate_graphs(p, 90, &why) &&
+        why.find("cudnn-frontend headers") != std::string::npos)
+      GTEST_SKIP() << why;
+    EXPECT_TRUE(cuda::CudnnSdpa::validate_graphs(p, 90, &why)) << c.name << " sm_90: " << why;
+    EXPECT_TRUE(cuda::CudnnSdpa::validate_graphs(p, 80, &why)) << c.name << " sm_80: " << why;
+    p.cu_seqlens_q = p.cu_seqlens_k = dummy;
+    EXPECT_TRUE(cuda::CudnnSdpa::validate_graphs(p, 90, &why)) << c.name << " packed: " << why;
+    EXPECT_FALSE(cuda::CudnnSdpa::validate_graphs(p, 80, &why)) << c.name << " packed sm_80";
+  }
+  cuda::AttnProblem one = valid_problem();  // the backward cuDNN documents as unsupported
+  one.max_len_q = one.max_len_k = 1;
+  one.total_q = one.total_k = one.batch;
+  EXPECT_FALSE(cuda::CudnnSdpa::validate_graphs(one, 90, &why));
+  EXPECT_NE(why.find("backward"), std::string::npos) << why;
+}
+
 TEST(CudnnSdpaSupports, WithoutGpuSaysSoAndDoesNotThrow) {
   if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present: CudnnSdpaPadded covers it";
   cuda::CudnnSdpa sdpa(0, nullptr);

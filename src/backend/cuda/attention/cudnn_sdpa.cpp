@@ -92,6 +92,11 @@ bool CudnnSdpa::supports(const AttnProblem&, std::string* why) {
   return false;
 }
 
+bool CudnnSdpa::validate_graphs(const AttnProblem&, int, std::string* why) {
+  if (why) *why = kNoFrontend;
+  return false;
+}
+
 void CudnnSdpa::fwd(const AttnProblem&, const AttnFwdIO&, cudaStream_t) {
   MH_CHECK(false, "CudnnSdpa::fwd: ", kNoFrontend);
 }
@@ -252,8 +257,10 @@ void set_stats_layout(const TensorPtr& t, int64_t uid, const ShapeKey& k, const 
     t->set_stride({h * s, s, 1, 1});
 }
 
-GraphPtr new_graph(const ShapeKey& k) {
+// `sm` > 0 names the target GPU (10 · major + minor) instead of asking the current device.
+GraphPtr new_graph(const ShapeKey& k, int sm) {
   auto g = std::make_shared<fe::graph::Graph>();
+  if (sm > 0) g->set_sm_version(sm);  // before the nodes are added: they copy the context
   g->set_io_data_type(k.dtype == DType::bf16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
@@ -267,8 +274,8 @@ float scale_of(const ShapeKey& k) {
 }
 
 // O, Stats = sdpa(Q, K, V) with the padding mask (and causal band) of the file comment.
-GraphPtr make_fwd_graph(const ShapeKey& k) {
-  GraphPtr g = new_graph(k);
+GraphPtr make_fwd_graph(const ShapeKey& k, int sm = 0) {
+  GraphPtr g = new_graph(k, sm);
   const auto i32 = fe::DataType_t::INT32, i64 = fe::DataType_t::INT64;
   TensorPtr off_q, off_k, off_v, off_o, off_stats;
   if (k.packed) {
@@ -298,8 +305,8 @@ GraphPtr make_fwd_graph(const ShapeKey& k) {
 }
 
 // dQ, dK, dV = sdpa_backward(Q, K, V, O, dO, Stats), the same masks.
-GraphPtr make_bwd_graph(const ShapeKey& k) {
-  GraphPtr g = new_graph(k);
+GraphPtr make_bwd_graph(const ShapeKey& k, int sm = 0) {
+  GraphPtr g = new_graph(k, sm);
   const auto i32 = fe::DataType_t::INT32, i64 = fe::DataType_t::INT64;
   std::unordered_map<int64_t, TensorPtr> off;
   if (k.packed)
@@ -543,6 +550,19 @@ bool CudnnSdpa::supports(const AttnProblem& p, std::string* why) {
             "this GPU is sm_",
             impl_->sm);
   if (e.empty()) e = impl_->answer(key_of(p)).why;
+  if (why) *why = e;
+  return e.empty();
+}
+
+bool CudnnSdpa::validate_graphs(const AttnProblem& p, int sm_version, std::string* why) {
+  std::string e = problem_error(p);
+  try {
+    const ShapeKey k = key_of(p);
+    if (e.empty()) e = fe_error(make_fwd_graph(k, sm_version)->validate(), "forward validate");
+    if (e.empty()) e = fe_error(make_bwd_graph(k, sm_version)->validate(), "backward validate");
+  } catch (const std::exception& x) {
+    e = str("building the graphs threw: ", x.what());
+  }
   if (why) *why = e;
   return e.empty();
 }

@@ -23,6 +23,11 @@ class CudnnSdpa {
 
   // Whether this cuDNN (build and runtime) can run the problem; if not, why.
   bool supports(const AttnProblem& p, std::string* why);
+  // Whether cudnn-frontend accepts the forward and backward graphs of the problem for a GPU of
+  // compute capability `sm_version` (10 · major + minor); if not, why. Needs neither a GPU nor a
+  // cuDNN handle (the frontend's validate() only): cuDNN's engines may still refuse the graphs
+  // when supports() builds them. For checking the graph descriptions on a machine without a GPU.
+  static bool validate_graphs(const AttnProblem& p, int sm_version, std::string* why);
   // io.lse receives cuDNN's softmax statistics (H · total_q floats, cuDNN's own layout).
   void fwd(const AttnProblem& p, const AttnFwdIO& io, cudaStream_t s);
   void bwd(const AttnProblem& p, const AttnBwdIO& io, cudaStream_t s);
