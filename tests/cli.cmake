@@ -83,3 +83,19 @@ if(NOT MH_CUDA_ENABLED)
     "multihead: error: bench gemm: this multihead was built without the CUDA backend"
     bench gemm)
 endif()
+
+# bench train --profile: the per-op table after the timed steps (text and JSON); a negative count
+# is refused.
+add_test(NAME cli.bench_train_profile
+         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --profile 1
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(cli.bench_train_profile PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
+  "per op over 1 profiled step.* all ops\n")
+add_test(NAME cli.bench_train_profile_json
+         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --profile 2
+                 --json
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(cli.bench_train_profile_json PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
+  "\"profile_steps\": 2, \"profile\": \\[{\"op\": \"[^\"]+\", \"calls\": [0-9.]+, \"ms\": [0-9.]+}")
+mh_cli_test(bench_train_bad_profile 2
+  "multihead: error: bench train: --profile must be >= 0 (steps), not -1" bench train --profile -1)

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/profiling_backend.h"
 #include "cli/bench_gemm.h"
 #include "cli/common_options.h"
 #include "core/json.h"
@@ -40,9 +41,38 @@ Batch random_batch(std::mt19937_64& rng, const Config& cfg, int64_t batch, int64
   return make_batch(ex, static_cast<int32_t>(cfg.model.pad_id));
 }
 
+// The --profile table: the ops taking most of the step, then the rest in one line.
+void print_profile(const ProfilingBackend& prof, bool device_time) {
+  const auto rows = prof.rows();
+  const double n = static_cast<double>(prof.steps());
+  double total = 0;
+  for (const auto& r : rows) total += r.seconds;
+  std::printf("  %s per op over %lld profiled step(s), per step (time marks before every op):\n",
+              device_time ? "device time" : "time", static_cast<long long>(prof.steps()));
+  std::printf("  %10s %7s %7s  %s\n", "ms", "share", "calls", "op");
+  constexpr size_t kShown = 25;
+  double rest = 0;
+  int64_t rest_ops = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i >= kShown) {
+      rest += rows[i].seconds;
+      ++rest_ops;
+      continue;
+    }
+    std::printf("  %10.3f %6.1f%% %7.1f  %s\n", rows[i].seconds * 1e3 / n,
+                total > 0 ? 100 * rows[i].seconds / total : 0.0,
+                static_cast<double>(rows[i].calls) / n, rows[i].op.c_str());
+  }
+  if (rest_ops > 0)
+    std::printf("  %10.3f %6.1f%% %7s  (%lld more ops)\n", rest * 1e3 / n,
+                total > 0 ? 100 * rest / total : 0.0, "", static_cast<long long>(rest_ops));
+  std::printf("  %10.3f %6.1f%% %7s  all ops\n", total * 1e3 / n, 100.0, "");
+}
+
 int bench_train(int argc, char** argv) {
   ConfigOptions config_opts;
   int64_t batch = 64, src_len = 32, tgt_len = 32, steps = 20, warmup = 3, threads = 1;
+  int64_t profile_steps = 0;
   bool json = false;
   po::options_description desc;
   add_config_options(desc, &config_opts);
@@ -53,6 +83,9 @@ int bench_train(int argc, char** argv) {
       ("steps", po::value(&steps)->default_value(steps), "timed optimizer steps")             //
       ("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")            //
       ("threads", po::value(&threads)->default_value(threads), "BLAS threads")                //
+      ("profile", po::value(&profile_steps)->default_value(profile_steps),
+       "after the timed steps, N more with a time mark before every op: where the step's time "
+       "goes, op by op (device time on a GPU), most expensive first")  //
       ("json", po::bool_switch(&json), "print one JSON line instead of a table");
   static const Command sub = {"bench train",
                               "Training tokens/s of a config's model (under mpirun: data-parallel, "
@@ -61,6 +94,8 @@ int bench_train(int argc, char** argv) {
   if (!parse_command_line(sub, argc, argv, desc)) return 0;
   if (batch < 1 || src_len < 1 || tgt_len < 1 || steps < 1 || warmup < 0)
     user_error("bench train: --batch, --src-len, --tgt-len and --steps must be >= 1");
+  if (profile_steps < 0)
+    user_error("bench train: --profile must be >= 0 (steps), not ", profile_steps);
   Config cfg = resolve_config(config_opts);
   if (std::max(src_len, tgt_len) > cfg.model.max_len)
     user_error("bench train: sequences of ", std::max(src_len, tgt_len),
@@ -74,7 +109,12 @@ int bench_train(int argc, char** argv) {
   const int dp = world.dp();
   cfg.data.batch_size = batch * dp;
   Runtime rt = make_runtime(cfg, world);
-  Trainer trainer(cfg, *rt.backend, rt.dp, rt.dp_host);
+  // --profile: the model computes through a ProfilingBackend, marks off until the timed steps
+  // are over (the timed steps pay one virtual call per op, nothing else).
+  std::unique_ptr<ProfilingBackend> prof;
+  if (profile_steps > 0)
+    prof = std::make_unique<ProfilingBackend>(*rt.backend, make_op_clock(*rt.backend));
+  Trainer trainer(cfg, prof ? static_cast<Backend&>(*prof) : *rt.backend, rt.dp, rt.dp_host);
   trainer.init();
   std::mt19937_64 rng(cfg.train.seed + static_cast<uint64_t>(world.rank()));
   const Batch b = random_batch(rng, cfg, batch, src_len, tgt_len);
@@ -90,6 +130,14 @@ int bench_train(int argc, char** argv) {
     exposed_s += r.comm.exposed_s;
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (prof) {
+    prof->set_enabled(true);
+    for (int64_t i = 0; i < profile_steps; ++i) {
+      trainer.train_step([&] { return b; });
+      prof->end_step();
+    }
+    prof->set_enabled(false);
+  }
   if (world.rank() != 0) return 0;
   const double per_step = 1e3 / static_cast<double>(steps);
   const double step_ms = secs * per_step;
@@ -114,7 +162,18 @@ int bench_train(int argc, char** argv) {
               << ", \"gflops_per_s\": " << json_number(gflops, "%.2f")
               << ", \"params\": " << trainer.model().num_params()
               << ", \"loss_first\": " << json_number(first_loss, "%.5f")
-              << ", \"loss_last\": " << json_number(last_loss, "%.5f") << "}\n";
+              << ", \"loss_last\": " << json_number(last_loss, "%.5f");
+    if (prof) {
+      const double n = static_cast<double>(prof->steps());
+      std::cout << ", \"profile_steps\": " << prof->steps() << ", \"profile\": [";
+      const auto rows = prof->rows();
+      for (size_t i = 0; i < rows.size(); ++i)
+        std::cout << (i ? ", " : "") << "{\"op\": " << json_string(rows[i].op)
+                  << ", \"calls\": " << json_number(static_cast<double>(rows[i].calls) / n, "%.2f")
+                  << ", \"ms\": " << json_number(rows[i].seconds * 1e3 / n, "%.4f") << "}";
+      std::cout << "]";
+    }
+    std::cout << "}\n";
   } else {
     std::printf(
         "bench train: %s | %s | %lld params | %d rank(s) x batch %lld x %lld/%lld tokens | %lld "
@@ -130,6 +189,7 @@ int bench_train(int argc, char** argv) {
           "  per step on rank 0: compute %.1f ms | all-reduce %.1f ms | exposed %.1f ms (%.1f%% of "
           "the step)\n",
           compute_s * per_step, comm_s * per_step, exposed_s * per_step, 100 * exposed_s / secs);
+    if (prof) print_profile(*prof, rt.backend->device() == Device::cuda);
   }
   return 0;
 }
