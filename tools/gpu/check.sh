@@ -263,9 +263,10 @@ step mpi_2ranks 40 "${MHENV[@]}" "$MPIRUN" --allow-run-as-root --oversubscribe -
 if ((HAVE_GPU)); then
   GPU_SET=(--set train.precision=bf16 --set train.device=cuda)
   step mh_small_bf16 60 "${MHENV[@]}" "$MH" bench train --config configs/bench-small.yaml \
-    "${GPU_SET[@]}" "${SMALL_ARGS[@]}" "${MH_STEPS[@]}" --json
+    "${GPU_SET[@]}" "${SMALL_ARGS[@]}" "${MH_STEPS[@]}" --profile 3 --json
+  # --profile 3: after the timed steps, 3 with CUDA events around every op (the per-op table).
   step mh_base_bf16 90 "${MHENV[@]}" "$MH" bench train --config configs/paper-base.yaml \
-    "${GPU_SET[@]}" "${BASE_ARGS[@]}" "${MH_STEPS[@]}" --json
+    "${GPU_SET[@]}" "${BASE_ARGS[@]}" "${MH_STEPS[@]}" --profile 3 --json
   PEER=("$PY" tools/bench/torch_gpu_peer.py)
   step torch_small_eager 60 "${PEER[@]}" train "${SMALL_MODEL[@]}" "${SMALL_ARGS[@]}" \
     "${PEER_STEPS[@]}" --precision bf16 --json
@@ -311,6 +312,14 @@ for label, key in (("bench-small", "small"), ("paper-base", "base")):
     mfu = (by.get(f"torch_{key}_eager") or {}).get("mfu")
     print(f"{label:14s} {f(mh):>16s} {f(te):>12s} {f(tc):>14s} {ratio(mh, te):>9s}"
           f" {ratio(mh, tc):>11s} {(f'{100 * mfu:.1f}%' if mfu else '-'):>16s}")
+# Where multihead's paper-base step goes, op by op (bench train --profile: device time).
+prof = (by.get("mh_base_bf16") or {}).get("profile") or []
+if prof:
+    total = sum(r["ms"] for r in prof) or 1.0
+    print(f"\n{'paper-base bf16, per op':44s} {'ms/step':>8s} {'share':>6s} {'calls':>6s}")
+    for r in prof[:12]:
+        print(f"{r['op'][:44]:44s} {r['ms']:8.3f} {100 * r['ms'] / total:5.1f}% {r['calls']:6.1f}")
+    print(f"{'all ' + str(len(prof)) + ' ops':44s} {total:8.3f}")
 # GEMMs joined on (dtype, m, n, k): torch.matmul, multihead's cuBLASLt (which layer and pass),
 # cublasGemmEx on multihead's buffers, multihead / torch, and the fused epilogue's speedup.
 key = lambda r: (r.get("dtype"), r.get("m"), r.get("n"), r.get("k"))
