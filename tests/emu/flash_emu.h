@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <thread>
 #include <type_traits>
@@ -50,6 +51,9 @@ struct Block {
   std::barrier<> block_bar;
   std::vector<std::unique_ptr<std::barrier<>>> warp_bar;
   std::vector<WarpScratch> scratch;
+  // State of other primitive families (flash_sm90_emu.h: mbarriers, warpgroups), made on first use.
+  std::mutex ext_mu;
+  std::shared_ptr<void> ext;
   Block(int threads, size_t bytes)
       : smem(static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(128)))),
         smem_bytes(bytes),

@@ -1,0 +1,142 @@
+// Fused attention forward for Hopper (model.attention: hopper), FlashAttention-3's scheme on
+// sm_90a: wgmma (warpgroup MMA, bf16/fp16 in, fp32 accumulate) and the bulk tensor copy engine
+// (TMA). A block owns 64·NWG query rows of one (sequence, head). One producer warp loads the Q
+// tile once and streams BN-key tiles of K and V through a 2-stage shared-memory ring with TMA,
+// each stage guarded by two mbarriers (full: the copies' bytes landed; empty: every consumer
+// thread is done with it). Each consumer warpgroup owns 64 query rows: S = Q Kᵀ with wgmma from
+// shared memory, the online softmax in registers (the S accumulator's rows live in the 4 lanes
+// of a quad, as in flash_fwd.cu), then O += P V with P from registers as wgmma's A operand and V
+// read MN-major (transposed) from shared memory. O and the row log-sum-exp are written once at
+// the end, exactly as flash_fwd.cu writes them, so flash_bwd.cu computes the gradients
+// unchanged. Problem, layouts, masks and dropout bits: attention_problem.h; the primitives and
+// the shared-memory layouts: flash_sm90_common.cuh.
+//
+// Opt-in (model.attention: hopper) until it has run on a GPU: it has only run in the host
+// emulation (tests/emu/test_flash_sm90_emu.cpp), never on an H100/H200.
+//
+// Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), 288 threads
+// (2 consumer warpgroups + 1 producer warp), BM = 128 query rows, BN = 64 keys, no spills,
+// 2 hardware barriers (__syncthreads and the consumers' named barrier):
+//   head_dim 64:  132 registers; 50216 bytes dynamic shared memory (Q 16 KiB, 2 × (K, V) 32 KiB)
+//   head_dim 128: 164 registers; 99368 bytes dynamic shared memory (Q 32 KiB, 2 × (K, V) 64 KiB)
+// (dynamic shared memory = Sm90Fwd::kSmemBytes, including 1 KiB of alignment slack and the
+// mbarriers). BN = 128 spilled (168 registers, ptxas caps 288-thread blocks there: 136-424 bytes
+// of stack), hence BN = 64. ptxas notes (C7519) that it inserts warpgroup.arrive before the
+// register-A wgmma of O += P V (the P registers are written just before). The sm_80 pass compiles
+// a 4-register stub that traps. SASS (cuobjdump -sass, sm_90a): HGMMA.64x64x16.F32[.BF16] for
+// S = Q Kᵀ and O += P V (head_dim 64), HGMMA.64x128x16 for O += P V (head_dim 128), UTMALDG.4D,
+// SYNCS.* (mbarriers); no LDL/STL.
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <mutex>
+#include <string>
+
+#include "backend/cuda/attention/attention_problem.h"
+#include "backend/cuda/attention/flash_fwd_sm90_kernel.cuh"
+#include "backend/cuda/cuda_check.h"
+
+namespace mh::cuda {
+
+namespace {
+
+using namespace flash;
+
+// cuTensorMapEncodeTiled from the driver, through the runtime (the build links the runtime only,
+// never libcuda); null when the driver has none.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static std::once_flag once;
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+  std::call_once(once, [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+    else
+      (void)cudaGetLastError();  // not sticky; clear it
+  });
+  return fn;
+}
+
+CUtensorMap encode(const TmaSpec& s, DType t) {
+  CUtensorMap m;
+  cuuint64_t dims[5], strides[4];
+  cuuint32_t box[5], elem_strides[5];
+  for (int i = 0; i < s.rank; ++i) {
+    dims[i] = s.dims[i];
+    box[i] = s.box[i];
+    elem_strides[i] = 1;
+    if (i > 0) strides[i - 1] = s.strides[i];
+  }
+  const CUresult r = tensor_map_encoder()(
+      &m, t == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+      static_cast<cuuint32_t>(s.rank), const_cast<void*>(s.base), dims, strides, box, elem_strides,
+      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  MH_CHECK(r == CUDA_SUCCESS, "flash_attention_fwd_sm90: cuTensorMapEncodeTiled failed (CUresult ",
+           static_cast<int>(r), ")");
+  return m;
+}
+
+template <typename T, int D, int BN, int NWG>
+void launch(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
+  using C = Sm90Fwd<T, D, BN, NWG>;
+  const Sm90FwdParams<T> p =
+      sm90_fwd_params<T, D, BN, NWG>(pr, io, [&](const TmaSpec& t) { return encode(t, pr.dtype); });
+  set_smem_limit_once(flash_fwd_sm90_kernel<T, D, BN, NWG>, C::kSmemBytes);
+  const dim3 grid((pr.max_len_q + C::kBM - 1) / C::kBM, pr.heads, pr.batch);
+  flash_fwd_sm90_kernel<T, D, BN, NWG><<<grid, C::kThreads, C::kSmemBytes, s>>>(p);
+  MH_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool flash_sm90_supports(const AttnProblem& p, std::string* why) {
+  auto no = [&](std::string reason) {
+    if (why) *why = std::move(reason);
+    return false;
+  };
+  if (p.dtype != DType::bf16 && p.dtype != DType::f16)
+    return no(std::string("computes in bf16/fp16, not ") + dtype_name(p.dtype));
+  if (p.head_dim != 64 && p.head_dim != 128)
+    return no("supports head_dim 64 and 128, not " + std::to_string(p.head_dim));
+  if (p.total_q >= (int64_t{1} << 31) || p.total_k >= (int64_t{1} << 31))
+    return no("TMA coordinates are 32-bit: at most 2^31 - 1 token rows");
+  int dev = 0, major = 0, minor = 0;
+  MH_CUDA_CHECK(cudaGetDevice(&dev));
+  MH_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  MH_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  if (major != 9 || minor != 0)
+    return no(
+        "needs an sm_90 GPU (H100/H200: wgmma and TMA are compiled for sm_90a only), not "
+        "sm_" +
+        std::to_string(major * 10 + minor));
+  if (!tensor_map_encoder()) return no("the driver offers no cuTensorMapEncodeTiled");
+  return true;
+}
+
+void flash_attention_fwd_sm90(const AttnProblem& p, const AttnFwdIO& io, cudaStream_t s) {
+  check_attn_problem(p, "flash_attention_fwd_sm90");
+  std::string why;
+  MH_CHECK(flash_sm90_supports(p, &why), "flash_attention_fwd_sm90: ", why);
+  MH_CHECK(io.q && io.k && io.v && io.o && io.lse, "flash_attention_fwd_sm90: null pointer");
+  for (const void* ptr : {io.q, io.k, io.v, static_cast<const void*>(io.o)})
+    MH_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0,
+             "flash_attention_fwd_sm90: Q, K, V and O must be 16-byte aligned");
+  if (p.batch == 0 || p.max_len_q == 0) return;
+  if (p.total_k == 0) {  // no key at all: a tensor map needs rows; the sm_80 kernel writes the
+    flash_attention_fwd(p, io, s);  // same O = 0, lse = +inf
+    return;
+  }
+  const bool bf16 = p.dtype == DType::bf16;
+  if (p.head_dim == 64)
+    bf16 ? launch<__nv_bfloat16, 64, 64, 2>(p, io, s) : launch<__half, 64, 64, 2>(p, io, s);
+  else
+    bf16 ? launch<__nv_bfloat16, 128, 64, 2>(p, io, s) : launch<__half, 128, 64, 2>(p, io, s);
+}
+
+}  // namespace mh::cuda

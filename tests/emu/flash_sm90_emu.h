@@ -1,0 +1,337 @@
+// A host emulation of the Hopper primitives of flash_sm90_common.cuh, so that the sm_90a
+// attention forward (flash_fwd_sm90_kernel.cuh) runs on the CPU under test
+// (test_flash_sm90_emu.cpp). Builds on flash_emu.h (one std::thread per CUDA thread, warp
+// barriers, shfl). Written from the PTX ISA text, not from the kernel:
+//   wgmma.mma_async ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate Operation"): the
+//     128 threads of a warpgroup issue together; the operation is queued and only runs at
+//     wgmma.wait_group, so a kernel that reads its accumulators early reads stale values here
+//     too. Operands come from shared memory through the matrix descriptor ("Matrix Descriptor
+//     Format": start address, leading/stride byte offsets, base offset, swizzle mode) in the
+//     canonical layouts ("Shared Memory Matrix Layout": K-major and MN-major, 128B swizzle), or A
+//     from registers ("Register Fragments": the m16n8k16 A layout per warp); the accumulator is
+//     the "Matrix D" fragment: d[i] of thread t is (row 16·(t/32) + (t%32)/4 + 8·((i/2)%2),
+//     col 8·(i/4) + 2·(t%4) + i%2).
+//   The 128B swizzle ("Shared Memory Matrix Layout", and the tensor-map swizzle of TMA): the
+//     16-byte chunk bits 4-6 of a shared-memory address are XORed with its bits 7-9.
+//   mbarrier ("mbarrier" and "Phase completion"): a phase completes when its pending arrival
+//     count and its transaction count both reach zero; try_wait.parity P succeeds once the phase
+//     of parity P has completed (so at once on a fresh barrier for P = 1).
+//   cp.async.bulk.tensor, tiled ("Tensor copy", "Bounding box", "Out of bound access"): box
+//     elements in dimension order (dim 0 fastest), out-of-bound elements written as zero and
+//     counted in the transaction bytes, 128B swizzle applied to the destination addresses.
+//   fence.proxy.async ("Memory consistency: proxies"): this thread's generic-proxy stores
+//     (smem_zero16) reach the async proxy (wgmma, TMA) only at the fence; without it they stay
+//     invisible here.
+// Only what the kernel uses is modeled (16-bit types, m64nNk16 with N = 64 or 128, the 128B
+// swizzle with 128-byte box rows, 4-D boxes); anything else fails loudly.
+#pragma once
+
+#include <barrier>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "flash_emu.h"
+
+namespace mh::cuda::flash {
+
+using TmaMap = TmaSpec;
+
+namespace emu {
+
+[[noreturn]] inline void sm90_fail(const char* what) {
+  std::fprintf(stderr, "flash_sm90_emu: %s\n", what);
+  std::abort();
+}
+#define MH_SM90_EMU_CHECK(cond, what)                     \
+  do {                                                    \
+    if (!(cond)) ::mh::cuda::flash::emu::sm90_fail(what); \
+  } while (0)
+
+struct Mbar {
+  int expected = 0, pending = 0;
+  int64_t tx = 0;
+  int phase = 0;  // parity of the current (incomplete) phase
+};
+
+struct WgmmaOp {
+  bool a_in_regs = false;
+  uint32_t a[128][4];  // every thread's A registers, as issued
+  uint64_t a_desc = 0, b_desc = 0;
+  int n = 0, trans_b = 0, scale_d = 0;
+  bool bf16 = false;
+  float* d = nullptr;
+};
+
+// Per-block state (created on first use).
+struct Sm90Block {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<uint32_t, Mbar> mbars;                                        // by shared-memory address
+  std::map<int, std::pair<int, std::unique_ptr<std::barrier<>>>> named;  // id -> (count, barrier)
+  std::unique_ptr<std::barrier<>> wg_bar[8];
+  uint32_t wg_a[8][128][4];
+  uint64_t wg_desc[8][128][2];
+  Sm90Block() {
+    for (auto& b : wg_bar) b = std::make_unique<std::barrier<>>(128);
+  }
+};
+
+inline Sm90Block& sm90_block() {
+  Block& b = *self.block;
+  std::lock_guard<std::mutex> lock(b.ext_mu);
+  if (!b.ext) b.ext = std::make_shared<Sm90Block>();
+  return *static_cast<Sm90Block*>(b.ext.get());
+}
+
+// Per-thread state: wgmma operations not yet waited for, generic stores not yet fenced.
+struct Sm90Thread {
+  std::vector<std::unique_ptr<WgmmaOp>> open;
+  std::vector<std::vector<std::unique_ptr<WgmmaOp>>> groups;
+  std::vector<uint32_t> unfenced;  // shared addresses of 16-byte zero stores
+};
+inline thread_local Sm90Thread sm90_self;
+
+inline unsigned char* smem_at(uint32_t addr, size_t bytes) {
+  MH_SM90_EMU_CHECK(addr + bytes <= self.block->smem_bytes, "shared-memory access out of range");
+  return self.block->smem.get() + addr;
+}
+
+// The 128B swizzle: bits 4-6 of the address ^= bits 7-9.
+inline uint32_t swizzle128(uint32_t addr) {
+  return addr ^ (((addr >> 7) & 7u) << 4);
+}
+
+// Address of element (mn, k) (k < 16: one k16 step) of a descriptor operand; mn_major: the
+// transposed (MN-major) canonical layout. Canonical layouts for the 128B swizzle, in 16-byte
+// units T (PTX ISA "Shared Memory Matrix Layout"; T = 8 16-bit elements):
+//   K-major:  ((8, m), (T, 2k)) : ((8T, SBO), (1, T))  - 8 rows of 128 bytes, row groups SBO apart
+//   MN-major: ((T, 8, m), (8, k)) : ((1, T, LBO), (8T, SBO)) - 64 MN-contiguous elements per
+//             128-byte row, 64-element blocks LBO apart, 8 k-rows of 128 bytes, groups SBO apart
+inline uint32_t desc_addr(uint64_t desc, int mn, int k, bool mn_major) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3fff) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3fff) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
+  const uint32_t base_offset = static_cast<uint32_t>((desc >> 49) & 7);
+  const uint32_t mode = static_cast<uint32_t>(desc >> 62);
+  MH_SM90_EMU_CHECK(mode == 1, "only the 128B swizzle mode (1) is modeled");
+  // "Matrix base offset": the start's position within the 1024-byte pattern ((start >> 7) % 8).
+  MH_SM90_EMU_CHECK(base_offset == ((start >> 7) & 7), "matrix base offset does not match start");
+  uint32_t a;
+  if (!mn_major)
+    a = start + static_cast<uint32_t>(mn / 8) * sbo + static_cast<uint32_t>(mn % 8) * 128 +
+        static_cast<uint32_t>(k) * 2;
+  else
+    a = start + static_cast<uint32_t>(mn / 64) * lbo + static_cast<uint32_t>(mn % 64) * 2 +
+        static_cast<uint32_t>(k / 8) * sbo + static_cast<uint32_t>(k % 8) * 128;
+  return swizzle128(a);
+}
+
+inline float desc_elem(uint64_t desc, int mn, int k, bool mn_major, bool bf16) {
+  uint16_t bits;
+  std::memcpy(&bits, smem_at(desc_addr(desc, mn, k, mn_major), 2), 2);
+  return bits_to_float(bits, bf16);
+}
+
+// Runs one queued wgmma for the calling thread's accumulator elements.
+inline void wgmma_execute(const WgmmaOp& op) {
+  const int t = self.tid & 127, w = t / 32, g = (t % 32) / 4, q = t % 4;
+  for (int i = 0; i < op.n / 2; ++i) {
+    const int row = 16 * w + g + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * q + i % 2;
+    float sum = 0.f;
+    for (int k = 0; k < 16; ++k) {
+      float a;
+      if (op.a_in_regs) {
+        // A fragment (m16n8k16 A layout in warp row / 16): lane (r % 8)·4 + (k % 8) / 2,
+        // register (r / 8) + 2·(k / 8), half k % 2, with r = row % 16.
+        const int r = row % 16;
+        const uint32_t reg = op.a[(row / 16) * 32 + (r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)];
+        a = bits_to_float(static_cast<uint16_t>(k % 2 ? reg >> 16 : reg), op.bf16);
+      } else {
+        a = desc_elem(op.a_desc, row, k, false, op.bf16);  // A K-major (no transpose)
+      }
+      sum += a * desc_elem(op.b_desc, col, k, op.trans_b != 0, op.bf16);
+    }
+    op.d[i] = (op.scale_d ? op.d[i] : 0.f) + sum;
+  }
+}
+
+inline void wgmma_issue(std::unique_ptr<WgmmaOp> op, const uint32_t* a_regs) {
+  Sm90Block& B = sm90_block();
+  const int wg = self.tid / 128, t = self.tid % 128;
+  MH_SM90_EMU_CHECK(wg < 8, "warpgroup index");
+  if (a_regs)
+    for (int i = 0; i < 4; ++i) B.wg_a[wg][t][i] = a_regs[i];
+  B.wg_desc[wg][t][0] = op->a_desc;
+  B.wg_desc[wg][t][1] = op->b_desc;
+  B.wg_bar[wg]->arrive_and_wait();  // all 128 threads issue (.sync.aligned)
+  if (a_regs) std::memcpy(op->a, B.wg_a[wg], sizeof(op->a));
+  for (int u = 0; u < 128; ++u)
+    MH_SM90_EMU_CHECK(B.wg_desc[wg][u][0] == op->a_desc && B.wg_desc[wg][u][1] == op->b_desc,
+                      "the threads of a warpgroup issued different descriptors");
+  B.wg_bar[wg]->arrive_and_wait();
+  sm90_self.open.push_back(std::move(op));
+}
+
+}  // namespace emu
+
+inline uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu::self.block->smem.get());
+}
+
+// --- mbarrier
+// --------------------------------------------------------------------------------------
+inline void mbar_init(uint64_t* bar, int count) {
+  emu::Sm90Block& B = emu::sm90_block();
+  std::lock_guard<std::mutex> lock(B.mu);
+  emu::Mbar m;
+  m.expected = m.pending = count;
+  B.mbars[smem_addr(bar)] = m;
+}
+inline void mbar_fence_init() {}
+
+namespace emu {
+inline Mbar& mbar_of(Sm90Block& B, const uint64_t* bar) {
+  auto it = B.mbars.find(smem_addr(bar));
+  MH_SM90_EMU_CHECK(it != B.mbars.end(), "mbarrier used before mbarrier.init");
+  return it->second;
+}
+// Caller holds B.mu.
+inline void mbar_update(Sm90Block& B, Mbar& m, int arrivals, int64_t tx_delta) {
+  m.tx += tx_delta;
+  m.pending -= arrivals;
+  MH_SM90_EMU_CHECK(m.pending >= 0, "more arrivals than the barrier's count in one phase");
+  if (m.pending == 0 && m.tx == 0) {
+    m.phase ^= 1;
+    m.pending = m.expected;
+  }
+  B.cv.notify_all();
+}
+}  // namespace emu
+
+inline void mbar_arrive(uint64_t* bar) {
+  emu::Sm90Block& B = emu::sm90_block();
+  std::lock_guard<std::mutex> lock(B.mu);
+  emu::mbar_update(B, emu::mbar_of(B, bar), 1, 0);
+}
+inline void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  emu::Sm90Block& B = emu::sm90_block();
+  std::lock_guard<std::mutex> lock(B.mu);
+  emu::mbar_update(B, emu::mbar_of(B, bar), 1, bytes);
+}
+inline void mbar_wait(uint64_t* bar, int parity) {
+  emu::Sm90Block& B = emu::sm90_block();
+  std::unique_lock<std::mutex> lock(B.mu);
+  emu::Mbar& m = emu::mbar_of(B, bar);
+  B.cv.wait(lock, [&] { return m.phase != (parity & 1); });
+}
+
+// --- TMA -----------------------------------------------------------------------------------------
+inline void tma_load_4d(void* dst, const TmaMap* map, int c0, int c1, int c2, int c3,
+                        uint64_t* bar) {
+  const TmaSpec& s = *map;
+  MH_SM90_EMU_CHECK(s.rank == 4, "4-D tensor maps only");
+  MH_SM90_EMU_CHECK(s.strides[0] == 2 && s.box[0] * 2 == 128,
+                    "modeled: 16-bit elements, 128-byte box rows (the 128B swizzle span)");
+  MH_SM90_EMU_CHECK(reinterpret_cast<uintptr_t>(s.base) % 16 == 0, "global address alignment");
+  for (int i = 1; i < 4; ++i)
+    MH_SM90_EMU_CHECK(s.strides[i] % 16 == 0 && s.box[i] >= 1 && s.box[i] <= 256,
+                      "tensor map strides (multiples of 16) and box (1..256)");
+  const uint32_t d0 = smem_addr(dst);
+  MH_SM90_EMU_CHECK(d0 % 128 == 0, "TMA destination must be 128-byte aligned");
+  const int c[4] = {c0, c1, c2, c3};
+  uint32_t bytes = 0;
+  for (uint32_t i3 = 0; i3 < s.box[3]; ++i3)
+    for (uint32_t i2 = 0; i2 < s.box[2]; ++i2)
+      for (uint32_t i1 = 0; i1 < s.box[1]; ++i1)
+        for (uint32_t i0 = 0; i0 < s.box[0]; ++i0) {
+          const int64_t x[4] = {int64_t{c[0]} + i0, int64_t{c[1]} + i1, int64_t{c[2]} + i2,
+                                int64_t{c[3]} + i3};
+          bool in = true;
+          int64_t off = 0;
+          for (int j = 0; j < 4; ++j) {
+            in = in && x[j] >= 0 && x[j] < static_cast<int64_t>(s.dims[j]);
+            off += x[j] * static_cast<int64_t>(s.strides[j]);
+          }
+          uint16_t v = 0;
+          if (in) std::memcpy(&v, static_cast<const unsigned char*>(s.base) + off, 2);
+          const uint32_t lin = (((i3 * s.box[2] + i2) * s.box[1] + i1) * s.box[0] + i0) * 2;
+          std::memcpy(emu::smem_at(emu::swizzle128(d0 + lin), 2), &v, 2);
+          bytes += 2;
+        }
+  emu::Sm90Block& B = emu::sm90_block();
+  std::lock_guard<std::mutex> lock(B.mu);
+  emu::mbar_update(B, emu::mbar_of(B, bar), 0, -static_cast<int64_t>(bytes));
+}
+
+// --- generic -> async proxy
+// -------------------------------------------------------------------------
+inline void smem_zero16(void* p) {
+  emu::sm90_self.unfenced.push_back(smem_addr(p));
+}
+inline void fence_proxy_async() {
+  for (uint32_t a : emu::sm90_self.unfenced) std::memset(emu::smem_at(a, 16), 0, 16);
+  emu::sm90_self.unfenced.clear();
+}
+inline void named_bar_sync(int id, int count) {
+  emu::Sm90Block& B = emu::sm90_block();
+  std::barrier<>* bar;
+  {
+    std::lock_guard<std::mutex> lock(B.mu);
+    auto& e = B.named[id];
+    if (!e.second) e = {count, std::make_unique<std::barrier<>>(count)};
+    MH_SM90_EMU_CHECK(e.first == count, "named barrier used with different thread counts");
+    bar = e.second.get();
+  }
+  bar->arrive_and_wait();
+}
+
+// --- wgmma ---------------------------------------------------------------------------------------
+inline void wgmma_fence() {}
+inline void wgmma_commit() {
+  emu::sm90_self.groups.push_back(std::move(emu::sm90_self.open));
+  emu::sm90_self.open.clear();
+}
+template <int N>
+inline void wgmma_wait() {
+  MH_SM90_EMU_CHECK(emu::sm90_self.open.empty(), "wgmma.wait_group with uncommitted wgmma");
+  auto& gs = emu::sm90_self.groups;
+  while (gs.size() > static_cast<size_t>(N)) {
+    for (const auto& op : gs.front()) emu::wgmma_execute(*op);
+    gs.erase(gs.begin());
+  }
+}
+template <int R>
+inline void fence_regs(float (&)[R]) {}
+
+template <typename T, int N, int TB>
+inline void wgmma_ss(float (&d)[N / 2], uint64_t a_desc, uint64_t b_desc, int scale_d) {
+  auto op = std::make_unique<emu::WgmmaOp>();
+  op->a_desc = a_desc;
+  op->b_desc = b_desc;
+  op->n = N;
+  op->trans_b = TB;
+  op->scale_d = scale_d;
+  op->bf16 = std::is_same_v<T, __nv_bfloat16>;
+  op->d = d;
+  emu::wgmma_issue(std::move(op), nullptr);
+}
+template <typename T, int N, int TB>
+inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b_desc, int scale_d) {
+  auto op = std::make_unique<emu::WgmmaOp>();
+  op->a_in_regs = true;
+  op->b_desc = b_desc;
+  op->n = N;
+  op->trans_b = TB;
+  op->scale_d = scale_d;
+  op->bf16 = std::is_same_v<T, __nv_bfloat16>;
+  op->d = d;
+  emu::wgmma_issue(std::move(op), a);
+}
+
+}  // namespace mh::cuda::flash
