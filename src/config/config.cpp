@@ -39,7 +39,7 @@ struct Option {
 constexpr std::string_view kNormNames[] = {"post", "pre"};
 constexpr std::string_view kActivationNames[] = {"relu", "gelu"};
 constexpr std::string_view kPrecisionNames[] = {"fp32", "bf16", "fp16"};
-constexpr std::string_view kAttnImplNames[] = {"naive", "custom", "cudnn"};
+constexpr std::string_view kAttnImplNames[] = {"naive", "custom", "cudnn", "hopper"};
 
 template <typename E>
 std::span<const std::string_view> enum_names() {
@@ -82,7 +82,9 @@ const std::vector<Option>& options() {
                 "Longest sequence in tokens, BOS/EOS included (positional-encoding table size)."),
       MH_OPTION(model, attention,
                 "Attention implementation on a GPU: custom (our fused flash-style kernels), cudnn "
-                "(cuDNN's fused SDPA) or naive (GEMM + softmax + GEMM). custom and cudnn need "
+                "(cuDNN's fused SDPA), naive (GEMM + softmax + GEMM) or hopper (opt-in, never run "
+                "on a GPU yet: the sm_90a wgmma/TMA forward with custom's backward; on a GPU other "
+                "than sm_90 it runs custom, saying so once). custom, cudnn and hopper need "
                 "bf16/fp16 (train.precision); fp32 attention and the CPU backend always compute "
                 "it exactly, unfused."),
       MH_OPTION(model, attention_dropout,

@@ -1,4 +1,4 @@
-// CudaBackend's attention: the choice between the three implementations (AttnImpl) and the naive
+// CudaBackend's attention: the choice between the implementations (AttnImpl) and the naive
 // one itself (cuBLASLt strided-batched GEMMs around the masked softmax of attention_naive.cu).
 // The fused implementations take an AttnProblem (attention/attention_problem.h) in padded form.
 #include <algorithm>
@@ -28,7 +28,16 @@ void check_attn(const AttnArgs& a, const Tensor& q, const Tensor& k, const Tenso
 }
 
 const char* impl_name(AttnImpl i) {
-  return i == AttnImpl::custom ? "custom" : i == AttnImpl::cudnn ? "cudnn" : "naive";
+  switch (i) {
+    case AttnImpl::custom:
+      return "custom";
+    case AttnImpl::cudnn:
+      return "cudnn";
+    case AttnImpl::hopper:
+      return "hopper";
+    default:
+      return "naive";
+  }
 }
 
 }  // namespace
@@ -61,6 +70,13 @@ AttnImpl CudaBackend::attention_impl(const AttnArgs& a, DType t) {
     why = std::string("computes in bf16/fp16, not ") + dtype_name(t);
   } else {
     const cuda::AttnProblem p = cuda::padded_attn_problem(a, t, nullptr);
+    if (a.impl == AttnImpl::hopper) {
+      if (cuda::flash_sm90_supports(p, &why)) return AttnImpl::hopper;
+      // Said once per distinct reason: the run goes on with the sm_80 kernels.
+      const std::string note = "attention: hopper " + why + "; using custom";
+      if (attn_notes_.insert(note).second) std::fprintf(stderr, "multihead: %s\n", note.c_str());
+      if (cuda::flash_supports(p, &why)) return AttnImpl::custom;
+    }
     if (a.impl == AttnImpl::custom && cuda::flash_supports(p, &why)) return AttnImpl::custom;
     if (a.impl == AttnImpl::cudnn && cudnn_sdpa().supports(p, &why)) return AttnImpl::cudnn;
   }
@@ -125,6 +141,8 @@ void CudaBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor
     const cuda::AttnFwdIO io{q.raw(), k.raw(), v.raw(), out.raw(), saved.lse.data<float>()};
     if (saved.ran == AttnImpl::custom)
       cuda::flash_attention_fwd(p, io, compute_);
+    else if (saved.ran == AttnImpl::hopper)
+      cuda::flash_attention_fwd_sm90(p, io, compute_);  // same O and lse: custom's backward
     else
       cudnn_sdpa().fwd(p, io, compute_);
     return;
@@ -169,7 +187,7 @@ void CudaBackend::attention_bwd(const AttnArgs& a, const Tensor& dout, const Ten
     const cuda::AttnBwdIO io{q.raw(),         k.raw(),      v.raw(),
                              saved.out.raw(), dout.raw(),   saved.lse.data<float>(),
                              dq.raw(),        dk_out.raw(), dv.raw()};
-    if (saved.ran == AttnImpl::custom) {
+    if (saved.ran == AttnImpl::custom || saved.ran == AttnImpl::hopper) {
       const size_t bytes = cuda::flash_attention_bwd_workspace(p);
       Tensor ws = empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::f32);
       cuda::flash_attention_bwd(p, io, ws.raw(), compute_);
