@@ -1,7 +1,8 @@
-// `multihead bench attention`: TFLOP/s of the three GPU attention implementations (AttnImpl) on
-// the same problems: custom (our flash-style kernels, through their launchers), cudnn (cuDNN's
-// SDPA, through CudnnSdpa) and naive (CudaBackend::attention_fwd/bwd with impl naive), forward,
-// backward and both. The custom and cudnn columns share one set of buffers per problem
+// `multihead bench attention`: TFLOP/s of the GPU attention implementations (AttnImpl) on the
+// same problems: custom (our flash-style kernels, through their launchers), cudnn (cuDNN's SDPA,
+// through CudnnSdpa), naive (CudaBackend::attention_fwd/bwd with impl naive) and hopper (the
+// sm_90a forward flash_attention_fwd_sm90 with custom's backward; n/a off sm_90), forward,
+// backward and both. The custom, cudnn and hopper columns share one set of buffers per problem
 // (backend/cuda/attention/attention_problem.h); naive runs the padded form.
 #include <algorithm>
 #include <cmath>
@@ -51,6 +52,9 @@ const char* const kBenchAttentionDetails =
     "          printed once)\n"
     "  naive   GEMM + softmax + GEMM (CudaBackend, impl naive): padded problems only, '-' where\n"
     "          its two [B, H, L, L] tensors would exceed --naive-max-gib\n"
+    "  hopper  the sm_90a wgmma/TMA forward (flash_attention_fwd_sm90) with custom's backward\n"
+    "          (its bwd column times the same kernel as custom's); 'n/a' where\n"
+    "          flash_sm90_supports() says no (any GPU but sm_90; the reason is printed once)\n"
     "Timing: --warmup untimed fwd+bwd iterations, then --iters, each as forward then backward\n"
     "between cudaEvents on one stream, launched back to back; the median per pass. Where the GPU\n"
     "outruns the host's launches (small problems, naive's many kernels) that wait is included.\n"
@@ -187,12 +191,13 @@ struct Settings {
   std::string dtype_label = "bf16";  // as --dtype spells it (the peer script's spelling too)
   double dropout = 0, naive_max_gib = 8;
   int64_t iters = 20, warmup = 3;
-  bool run_custom = true, run_cudnn = true, run_naive = true;
+  bool run_custom = true, run_cudnn = true, run_naive = true, run_hopper = true;
 };
 
 struct Row {
   Problem pr;
-  Times custom, cudnn, naive;
+  Times custom, cudnn, naive, hopper;
+  bool hopper_na = false;  // flash_sm90_supports() said no
 };
 
 Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Tensor& pattern,
@@ -252,7 +257,7 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
     }
   };
 
-  Row r{pr, {}, {}, {}};
+  Row r{pr, {}, {}, {}, {}, false};
   std::string why;
   if (st.run_custom) {
     if (cuda::flash_supports(p, &why)) {
@@ -277,6 +282,20 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
       return time_fwd_bwd([&] { sdpa.fwd(p, fio, s); }, [&] { sdpa.bwd(p, bio, s); }, st.warmup,
                           st.iters, s);
     });
+  }
+  if (st.run_hopper) {
+    if (cuda::flash_sm90_supports(p, &why)) {
+      r.hopper = attempt("hopper", [&] {
+        const size_t bytes = cuda::flash_attention_bwd_workspace(p);
+        b.workspace = be.empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::f32);
+        return time_fwd_bwd([&] { cuda::flash_attention_fwd_sm90(p, fio, s); },
+                            [&] { cuda::flash_attention_bwd(p, bio, b.workspace.raw(), s); },
+                            st.warmup, st.iters, s);
+      });
+    } else {
+      r.hopper_na = true;
+      note("hopper: " + why);
+    }
   }
   // Naive keeps P [B, H, L, L] for backward, which builds dS of the same size.
   const double naive_bytes = 2.0 * static_cast<double>(batch) * pr.heads * pr.max_len * pr.max_len *
@@ -319,14 +338,15 @@ void print_row(const Row& r, const Settings& st, const std::string& device, bool
   const double f = pr.flops_fwd();
   struct Pass {
     const char* name;
-    double flops, custom, cudnn, naive;
+    double flops, custom, cudnn, naive, hopper;
   };
-  const Pass passes[] = {{"fwd", f, r.custom.fwd, r.cudnn.fwd, r.naive.fwd},
-                         {"bwd", 2.5 * f, r.custom.bwd, r.cudnn.bwd, r.naive.bwd},
-                         {"fwd+bwd", 3.5 * f, r.custom.both, r.cudnn.both, r.naive.both}};
+  const Pass passes[] = {
+      {"fwd", f, r.custom.fwd, r.cudnn.fwd, r.naive.fwd, r.hopper.fwd},
+      {"bwd", 2.5 * f, r.custom.bwd, r.cudnn.bwd, r.naive.bwd, r.hopper.bwd},
+      {"fwd+bwd", 3.5 * f, r.custom.both, r.cudnn.both, r.naive.both, r.hopper.both}};
   for (const Pass& ps : passes) {
     const double tc = tflops(ps.flops, ps.custom), td = tflops(ps.flops, ps.cudnn),
-                 tn = tflops(ps.flops, ps.naive);
+                 tn = tflops(ps.flops, ps.naive), th = tflops(ps.flops, ps.hopper);
     const double ratio = tc / td;
     if (json) {
       std::printf(
@@ -335,7 +355,8 @@ void print_row(const Row& r, const Settings& st, const std::string& device, bool
           "\"batch\": %zu, \"seq\": %d, \"causal\": %s, \"tokens\": %lld, \"dropout\": %s, "
           "\"pass\": %s, \"gflop\": %s, \"custom_ms\": %s, \"custom_tflops\": %s, \"cudnn_ms\": "
           "%s, \"cudnn_tflops\": %s, \"naive_ms\": %s, \"naive_tflops\": %s, "
-          "\"custom_vs_cudnn\": %s, \"iters\": %lld, \"device\": %s}\n",
+          "\"hopper_ms\": %s, \"hopper_tflops\": %s, \"custom_vs_cudnn\": %s, \"iters\": %lld, "
+          "\"device\": %s}\n",
           json_string(form_name(pr.form)).c_str(), json_string(st.dtype_label).c_str(), pr.head_dim,
           pr.heads, pr.lens.size(), pr.max_len, pr.causal ? "true" : "false",
           static_cast<long long>(pr.tokens()), json_number(st.dropout, "%g").c_str(),
@@ -343,6 +364,7 @@ void print_row(const Row& r, const Settings& st, const std::string& device, bool
           json_number(ps.custom, "%.4f").c_str(), json_number(tc, "%.2f").c_str(),
           json_number(ps.cudnn, "%.4f").c_str(), json_number(td, "%.2f").c_str(),
           json_number(ps.naive, "%.4f").c_str(), json_number(tn, "%.2f").c_str(),
+          json_number(ps.hopper, "%.4f").c_str(), json_number(th, "%.2f").c_str(),
           json_number(ratio, "%.3f").c_str(), static_cast<long long>(st.iters),
           json_string(device).c_str());
     } else {
@@ -354,10 +376,11 @@ void print_row(const Row& r, const Settings& st, const std::string& device, bool
           std::snprintf(buf, sizeof buf, "-");
         return std::string(buf);
       };
-      std::printf("%-9s %4d %6s %6d %6zu %5d  %-7s %9.2f  %8s %8s %8s  %8s\n", form_name(pr.form),
-                  pr.head_dim, pr.causal ? "yes" : "no", pr.max_len, pr.lens.size(), pr.heads,
-                  ps.name, ps.flops / 1e9, cell(tc, "%.1f").c_str(), cell(td, "%.1f").c_str(),
-                  cell(tn, "%.1f").c_str(), cell(ratio, "%.2f").c_str());
+      std::printf("%-9s %4d %6s %6d %6zu %5d  %-7s %9.2f  %8s %8s %8s %8s  %8s\n",
+                  form_name(pr.form), pr.head_dim, pr.causal ? "yes" : "no", pr.max_len,
+                  pr.lens.size(), pr.heads, ps.name, ps.flops / 1e9, cell(tc, "%.1f").c_str(),
+                  cell(td, "%.1f").c_str(), cell(tn, "%.1f").c_str(),
+                  r.hopper_na ? "n/a" : cell(th, "%.1f").c_str(), cell(ratio, "%.2f").c_str());
     }
   }
   std::fflush(stdout);
@@ -369,7 +392,7 @@ void print_row(const Row& r, const Settings& st, const std::string& device, bool
 
 int bench_attention(int argc, char** argv) {
   std::string dtype_text = "bf16", seq_text = "128,256,512,1024,2048,4096,8192",
-              dims_text = "64,128", causal_text = "both", impls_text = "custom,cudnn,naive";
+              dims_text = "64,128", causal_text = "both", impls_text = "custom,cudnn,naive,hopper";
   int64_t tokens = 16384, model_dim = 2048, mt_tokens = 25000, iters = 20, warmup = 3, seed = 1;
   double dropout = 0, naive_max_gib = 8;
   bool json = false;
@@ -398,7 +421,8 @@ int bench_attention(int argc, char** argv) {
       ("json", po::bool_switch(&json), "one JSON object per row instead of the table");
   static const Command sub = {
       "bench attention",
-      "TFLOP/s of the attention implementations (custom, cudnn, naive), forward and backward.",
+      "TFLOP/s of the attention implementations (custom, cudnn, naive, hopper), forward and "
+      "backward.",
       nullptr,
       "multihead bench attention --head-dim 64 --seq 1024,2048,4096 --causal\n"
       "  multihead bench attention --dtype fp16 --impl custom,cudnn --json",
@@ -420,7 +444,7 @@ int bench_attention(int argc, char** argv) {
     causal_modes = {false};
   else
     user_error("bench attention: --causal ", causal_text, ": expected both, on or off");
-  bool run[3] = {false, false, false};  // custom, cudnn, naive
+  bool run[4] = {false, false, false, false};  // custom, cudnn, naive, hopper
   {
     std::stringstream ss(impls_text);
     std::string item;
@@ -431,8 +455,10 @@ int bench_attention(int argc, char** argv) {
         run[1] = true;
       else if (item == "naive")
         run[2] = true;
+      else if (item == "hopper")
+        run[3] = true;
       else
-        user_error("bench attention: --impl ", item, ": expected custom, cudnn or naive");
+        user_error("bench attention: --impl ", item, ": expected custom, cudnn, naive or hopper");
     }
   }
   for (int64_t d : dims)
@@ -460,6 +486,7 @@ int bench_attention(int argc, char** argv) {
   st.run_custom = run[0];
   st.run_cudnn = run[1];
   st.run_naive = run[2];
+  st.run_hopper = run[3];
 
   // Random inputs, copied into every buffer from one pattern of a prime length.
   Tensor pattern = be.empty({1000003}, dtype);
@@ -512,8 +539,9 @@ int bench_attention(int argc, char** argv) {
         "# TFLOP/s, median of %lld iterations (cudaEvent); FLOPs: fwd 4*B*H*L*L*d, bwd 2.5x, "
         "causal halved\n",
         static_cast<long long>(iters));
-    std::printf("%-9s %4s %6s %6s %6s %5s  %-7s %9s  %8s %8s %8s  %8s\n", "# case", "d", "causal",
-                "seq", "batch", "heads", "pass", "GFLOP", "custom", "cudnn", "naive", "cus/cudnn");
+    std::printf("%-9s %4s %6s %6s %6s %5s  %-7s %9s  %8s %8s %8s %8s  %8s\n", "# case", "d",
+                "causal", "seq", "batch", "heads", "pass", "GFLOP", "custom", "cudnn", "naive",
+                "hopper", "cus/cudnn");
     std::fflush(stdout);
   }
   std::vector<std::string> notes;

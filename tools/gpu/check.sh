@@ -9,7 +9,7 @@
 #   model and batch (tools/bench/torch_gpu_peer.py: AMP bf16, SDPA, eager and torch.compile);
 #   GEMM TFLOP/s of torch.matmul and of multihead's cuBLASLt path (`multihead bench gemm`, beside
 #   cublasGemmEx) on the same shapes; attention TFLOP/s of `multihead bench attention` (custom,
-#   cuDNN, naive) and of PyTorch's flash SDPA on the same problems
+#   cuDNN, naive, and hopper: the opt-in sm_90a forward, n/a off sm_90) and of PyTorch's flash SDPA on the same problems
 #   (tools/bench/torch_attention_peer.py); then a summary table, printed last.
 # Everything finishes inside MH_CHECK_BUDGET seconds (default 450, under the 8 minutes asked):
 # each step's timeout is cut to what is left, and a step with under 10 s left is skipped.
@@ -274,7 +274,8 @@ if ((HAVE_GPU)); then
     "${PEER_STEPS[@]}" --precision bf16 --json
   step torch_gemm 60 "${PEER[@]}" gemm --shapes "${GEMM_SHAPES[@]}" --dtypes bf16 fp32 --json
   step mh_gemm 60 "${MHENV[@]}" "$MH" bench gemm --tokens "$GEMM_TOKENS" --dtype bf16,fp32 --json
-  step mh_attention 60 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}"
+  # (the hopper column adds one forward + custom's backward per problem: ~10 s more)
+  step mh_attention 70 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}"
   step torch_attention 45 "$PY" tools/bench/torch_attention_peer.py "${ATTN_ARGS[@]}"
   # torch.compile last: its compile time is the least predictable.
   step torch_small_compile 90 "${PEER[@]}" train "${SMALL_MODEL[@]}" "${SMALL_ARGS[@]}" \
@@ -353,19 +354,19 @@ mh_att = {key(r): r for r in rows if r.get("step") == "mh_attention"}
 pt_att = {key(r): r for r in rows if r.get("step") == "torch_attention"}
 if mh_att or pt_att:
     print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
-          f" {'naive':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s}  TFLOP/s")
+          f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s}  TFLOP/s")
     for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
                                                              k[5] != "fwd")):
         if k[2] != 64 or k[1] != "bf16" or k[5] not in ("fwd", "bwd"):
             continue
         m, t = mh_att.get(k, {}), pt_att.get(k, {})
-        c, tt, d, n = (m.get("custom_tflops"), t.get("torch_flash_tflops"),
-                       m.get("cudnn_tflops"), m.get("naive_tflops"))
+        c, tt, d, n, h = (m.get("custom_tflops"), t.get("torch_flash_tflops"),
+                          m.get("cudnn_tflops"), m.get("naive_tflops"), m.get("hopper_tflops"))
         f = lambda x: f"{x:.1f}" if x else "-"
         ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
         label = f"{k[0]} {'causal' if k[3] else 'full'} L{k[4]} {k[5]}"
-        print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {ratio(c, tt):>9s}"
-              f" {ratio(c, d):>9s}")
+        print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
+              f" {ratio(c, tt):>9s} {ratio(c, d):>9s}")
 EOF
   echo "# total $(($(date +%s) - T0)) s (budget $BUDGET s); logs: $OUTDIR/logs.tar.gz"
 } >"$OUTDIR/summary.txt" 2>&1
