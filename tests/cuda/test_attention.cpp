@@ -14,6 +14,10 @@
 //     the expected output is the output without dropout
 //   - the custom kernels run through their launchers (AttnProblem, padded and packed) and through
 //     CudaBackend::attention_fwd/bwd; custom, naive and cudnn are compared with each other
+//   - hopper (the sm_90a forward, flash_attention_fwd_sm90, with custom's backward): the same
+//     cases through the launchers and CudaBackend, against the CPU and against custom; on a GPU
+//     other than sm_90 those tests skip ("not an sm_90 GPU: Hopper test skipped"), and one test
+//     checks that impl hopper then runs custom
 // Without a GPU every test skips with "no CUDA device: GPU test skipped".
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -227,11 +231,30 @@ Tensor lse_reference(const AttnArgs& a, const Inputs& in) {
   return lse;
 }
 
-// The custom kernels through their launchers: forward, then backward, on poisoned outputs.
-// `p`'s device arrays (key_len or cu_seqlens) are set by the caller.
-void run_flash(const cuda::AttnProblem& p, const Inputs& in, Outputs& r) {
+// Whether the Hopper forward runs here (an sm_90 GPU); if not, why.
+bool hopper_available(std::string* why) {
+  cuda::AttnProblem p;
+  p.dtype = BF16;
+  p.batch = p.heads = 1;
+  p.head_dim = 64;
+  p.max_len_q = p.max_len_k = 1;
+  p.total_q = p.total_k = 1;
+  return cuda::flash_sm90_supports(p, why);
+}
+#define MH_REQUIRE_HOPPER()                       \
+  MH_REQUIRE_GPU();                               \
+  if (std::string why_; !hopper_available(&why_)) \
+  GTEST_SKIP() << "not an sm_90 GPU: Hopper test skipped (" << why_ << ")"
+
+// The custom kernels through their launchers: forward, then backward, on poisoned outputs;
+// hopper: the forward is flash_attention_fwd_sm90's. `p`'s device arrays (key_len or cu_seqlens)
+// are set by the caller.
+void run_flash(const cuda::AttnProblem& p, const Inputs& in, Outputs& r, bool hopper = false) {
   std::string why;
   ASSERT_TRUE(cuda::flash_supports(p, &why)) << why;
+  if (hopper) {
+    ASSERT_TRUE(cuda::flash_sm90_supports(p, &why)) << why;
+  }
   Tensor q = to_gpu(in.q, p.dtype), k = to_gpu(in.k, p.dtype), v = to_gpu(in.v, p.dtype);
   Tensor dout = to_gpu(in.dout, p.dtype);
   Tensor o = gpu().empty(in.q.shape(), p.dtype), dq = gpu().empty(in.q.shape(), p.dtype);
@@ -239,7 +262,11 @@ void run_flash(const cuda::AttnProblem& p, const Inputs& in, Outputs& r) {
   Tensor lse = gpu().empty({p.heads, p.total_q}, F32);
   for (Tensor* t : {&o, &dq, &dk, &dv, &lse}) poison(*t);
   const cudaStream_t s = gpu().compute_stream();
-  cuda::flash_attention_fwd(p, {q.raw(), k.raw(), v.raw(), o.raw(), lse.data<float>()}, s);
+  const cuda::AttnFwdIO fio{q.raw(), k.raw(), v.raw(), o.raw(), lse.data<float>()};
+  if (hopper)
+    cuda::flash_attention_fwd_sm90(p, fio, s);
+  else
+    cuda::flash_attention_fwd(p, fio, s);
   const size_t bytes = cuda::flash_attention_bwd_workspace(p);
   Tensor ws = gpu().empty({static_cast<int64_t>((bytes + 3) / 4)}, F32);
   poison(ws);  // the kernels must initialize what they accumulate into
@@ -327,6 +354,62 @@ INSTANTIATE_TEST_SUITE_P(Attention, FlashLaunchers,
                            return std::string(dtype_name(i.param.dtype)) + "_d" +
                                   std::to_string(i.param.head_dim);
                          });
+
+// --- the Hopper forward through the launchers: against the CPU and against custom --------------
+
+class HopperLaunchers : public ::testing::TestWithParam<TypeDim> {};
+
+TEST_P(HopperLaunchers, EveryMaskAndLengthMatchesCpuF64AndCustom) {
+  MH_REQUIRE_HOPPER();
+  const auto [t, d] = GetParam();
+  uint64_t seed = 1;
+  for (const Geo& g : mask_geos()) {
+    SCOPED_TRACE(label(g, t, d));
+    const AttnArgs a = args_of(g, d);
+    const Inputs in = random_inputs(int64_t{g.batch} * g.len_q, int64_t{g.batch} * g.len_k,
+                                    int64_t{g.heads} * d, t, seed++);
+    Outputs ref = run_cpu(a, in);
+    ref.lse = lse_reference(a, in);
+    cuda::AttnProblem p = problem_of(a, t);
+    const Tensor key_len = to_gpu_i32(g.key_len);
+    p.key_len = key_len.data<int32_t>();
+    Outputs got, custom;
+    run_flash(p, in, got, true);
+    if (HasFatalFailure()) return;
+    run_flash(p, in, custom);
+    if (HasFatalFailure()) return;
+    expect_close(got, ref, kTol, label(g, t, d) + " hopper vs cpu");
+    EXPECT_LE(rel_err(got.lse, ref.lse), 1e-4) << "lse";
+    expect_close(got, custom, 2 * kTol, label(g, t, d) + " hopper vs custom");
+    EXPECT_LE(rel_err(got.lse, custom.lse), 1e-4) << "lse vs custom";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Attention, HopperLaunchers,
+                         ::testing::Values(TypeDim{BF16, 64}, TypeDim{BF16, 128}, TypeDim{F16, 64},
+                                           TypeDim{F16, 128}),
+                         [](const ::testing::TestParamInfo<TypeDim>& i) {
+                           return std::string(dtype_name(i.param.dtype)) + "_d" +
+                                  std::to_string(i.param.head_dim);
+                         });
+
+// impl hopper: the Hopper forward on sm_90, custom (with a note) on any other GPU.
+TEST(AttentionBackend, HopperRunsOnSm90AndFallsBackToCustom) {
+  MH_REQUIRE_GPU();
+  std::string why;
+  const bool sm90 = hopper_available(&why);
+  for (const Geo& g : mask_geos())
+    for (DType t : {BF16, F16})
+      for (int d : {64, 128}) {
+        AttnArgs a = args_of(g, d);
+        a.impl = AttnImpl::hopper;
+        EXPECT_EQ(gpu().attention_impl(a, t), sm90 ? AttnImpl::hopper : AttnImpl::custom)
+            << label(g, t, d);
+      }
+  AttnArgs a = args_of(mask_geos()[0], 64);
+  a.impl = AttnImpl::hopper;
+  EXPECT_EQ(gpu().attention_impl(a, F32), AttnImpl::naive);
+}
 
 // --- through CudaBackend: impl = custom runs custom
 // -----------------------------------------------
@@ -456,6 +539,18 @@ TEST(AttentionPacked, PackedEqualsPaddedAndCpuF64) {
     expect_close(got_pad, ref, kTol, "padded vs cpu");
     expect_close(got_packed, ref_valid, kTol, "packed vs cpu");
     expect_close(got_packed, pad_valid, kTol, "packed vs padded");
+
+    // The Hopper forward on the same two forms (on an sm_90 GPU only).
+    if (std::string why; hopper_available(&why)) {
+      Outputs h_pad, h_packed;
+      run_flash(pp, pad, h_pad, true);
+      if (HasFatalFailure()) return;
+      run_flash(pk, packed, h_packed, true);
+      if (HasFatalFailure()) return;
+      expect_close(h_pad, ref, kTol, "hopper padded vs cpu");
+      expect_close(h_packed, ref_valid, kTol, "hopper packed vs cpu");
+      expect_close(h_packed, got_packed, 2 * kTol, "hopper packed vs custom packed");
+    }
   }
 }
 
@@ -486,15 +581,20 @@ TEST(AttentionDropout, MatchesCpuF64WithTheSameSeed) {
         run_flash(pr, in, got);
         if (HasFatalFailure()) return;
         expect_close(got, ref, kTol, what + " launchers");
-        // CudaBackend, custom and naive.
-        for (AttnImpl impl : {AttnImpl::custom, AttnImpl::naive}) {
+        // CudaBackend, custom and naive (and hopper on sm_90).
+        std::vector<AttnImpl> impls = {AttnImpl::custom, AttnImpl::naive};
+        if (std::string why; hopper_available(&why)) impls.push_back(AttnImpl::hopper);
+        for (AttnImpl impl : impls) {
           a.impl = impl;
           Outputs via;
           AttnImpl ran = AttnImpl::naive;
           run_backend(a, td.dtype, in, via, &ran);
           if (HasFatalFailure()) return;
           EXPECT_EQ(ran, impl);
-          expect_close(via, ref, kTol, what + (impl == AttnImpl::custom ? " custom" : " naive"));
+          expect_close(via, ref, kTol,
+                       what + (impl == AttnImpl::custom  ? " custom"
+                               : impl == AttnImpl::naive ? " naive"
+                                                         : " hopper"));
         }
       }
 }
@@ -597,6 +697,11 @@ void compare_impls(const std::vector<AttnImpl>& impls) {
 TEST(AttentionImpls, CustomAndNaiveAgree) {
   MH_REQUIRE_GPU();
   compare_impls({AttnImpl::custom, AttnImpl::naive});
+}
+
+TEST(AttentionImpls, HopperAgreesWithCustomAndNaive) {
+  MH_REQUIRE_HOPPER();
+  compare_impls({AttnImpl::hopper, AttnImpl::custom, AttnImpl::naive});
 }
 
 TEST(AttentionImpls, CudnnAgreesWithCustomAndNaive) {
