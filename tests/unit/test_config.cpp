@@ -127,6 +127,23 @@ TEST(Config, PrecedenceDefaultThenYamlThenSet) {
   EXPECT_DOUBLE_EQ(load_config_text(yaml, "x", {"train.adam_eps=1e-8"}).train.adam_eps, 1e-8);
 }
 
+TEST(Config, AttentionImplementations) {
+  const std::string yaml = "model:\n  d_model: 128\n  heads: 4\n";
+  EXPECT_EQ(load_config_text(yaml, "x").model.attention, AttnImpl::custom);  // the default
+  const std::pair<const char*, AttnImpl> impls[] = {{"naive", AttnImpl::naive},
+                                                    {"custom", AttnImpl::custom},
+                                                    {"cudnn", AttnImpl::cudnn},
+                                                    {"hopper", AttnImpl::hopper}};
+  for (const auto& [name, impl] : impls) {
+    EXPECT_EQ(load_config_text(yaml, "x", {std::string("model.attention=") + name}).model.attention,
+              impl)
+        << name;
+    EXPECT_EQ(name_of(impl), name);
+  }
+  expect_message(error_of_text("model:\n  attention: flash3\n"),
+                 {"expected one of naive|custom|cudnn|hopper"});
+}
+
 TEST(Config, ToYamlRoundTripsExactly) {
   Config c = load_config(kSourceDir + "/configs/paper-base.yaml",
                          {"train.lr_scale=0.1", "model.norm_eps=1e-9", "model.dropout=0.3",
