@@ -19,6 +19,7 @@
 //   cp.async.bulk.tensor, tiled ("Tensor copy", "Bounding box", "Out of bound access"): box
 //     elements in dimension order (dim 0 fastest), out-of-bound elements written as zero and
 //     counted in the transaction bytes, 128B swizzle applied to the destination addresses.
+//   wgmma.fence: required (conservatively) before the first wgmma after each wait.
 //   fence.proxy.async ("Memory consistency: proxies"): this thread's generic-proxy stores
 //     (smem_zero16) reach the async proxy (wgmma, TMA) only at the fence; without it they stay
 //     invisible here.
@@ -94,6 +95,11 @@ struct Sm90Thread {
   std::vector<std::unique_ptr<WgmmaOp>> open;
   std::vector<std::vector<std::unique_ptr<WgmmaOp>>> groups;
   std::vector<uint32_t> unfenced;  // shared addresses of 16-byte zero stores
+  // wgmma.fence since the thread last waited (or started): registers written in between may be
+  // wgmma operands, which needs the fence ("wgmma.fence": before the first wgmma.mma_async and
+  // between register accesses and a wgmma.mma_async reading them). Conservative: every batch of
+  // wgmma after a wait needs one.
+  bool wgmma_fenced = false;
 };
 inline thread_local Sm90Thread sm90_self;
 
@@ -162,6 +168,7 @@ inline void wgmma_execute(const WgmmaOp& op) {
 }
 
 inline void wgmma_issue(std::unique_ptr<WgmmaOp> op, const uint32_t* a_regs) {
+  MH_SM90_EMU_CHECK(sm90_self.wgmma_fenced, "wgmma.mma_async without a wgmma.fence before it");
   Sm90Block& B = sm90_block();
   const int wg = self.tid / 128, t = self.tid % 128;
   MH_SM90_EMU_CHECK(wg < 8, "warpgroup index");
@@ -292,7 +299,9 @@ inline void named_bar_sync(int id, int count) {
 }
 
 // --- wgmma ---------------------------------------------------------------------------------------
-inline void wgmma_fence() {}
+inline void wgmma_fence() {
+  emu::sm90_self.wgmma_fenced = true;
+}
 inline void wgmma_commit() {
   emu::sm90_self.groups.push_back(std::move(emu::sm90_self.open));
   emu::sm90_self.open.clear();
@@ -300,6 +309,7 @@ inline void wgmma_commit() {
 template <int N>
 inline void wgmma_wait() {
   MH_SM90_EMU_CHECK(emu::sm90_self.open.empty(), "wgmma.wait_group with uncommitted wgmma");
+  emu::sm90_self.wgmma_fenced = false;
   auto& gs = emu::sm90_self.groups;
   while (gs.size() > static_cast<size_t>(N)) {
     for (const auto& op : gs.front()) emu::wgmma_execute(*op);

@@ -33,6 +33,7 @@
 
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "backend/cuda/attention/attention_problem.h"
 #include "backend/cuda/attention/flash_fwd_sm90_kernel.cuh"
@@ -82,6 +83,24 @@ CUtensorMap encode(const TmaSpec& s, DType t) {
   return m;
 }
 
+// Compute capability (10 · major + minor) of the current device, cached per device: asked on
+// every attention call (CudaBackend::attention_impl).
+int device_cc() {
+  static std::mutex mu;
+  static std::vector<int> ccs;
+  int dev = 0;
+  MH_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (static_cast<int>(ccs.size()) <= dev) ccs.resize(dev + 1, -1);
+  if (ccs[dev] < 0) {
+    int major = 0, minor = 0;
+    MH_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    MH_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    ccs[dev] = 10 * major + minor;
+  }
+  return ccs[dev];
+}
+
 template <typename T, int D, int BN, int NWG>
 void launch(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
   using C = Sm90Fwd<T, D, BN, NWG>;
@@ -106,15 +125,10 @@ bool flash_sm90_supports(const AttnProblem& p, std::string* why) {
     return no("supports head_dim 64 and 128, not " + std::to_string(p.head_dim));
   if (p.total_q >= (int64_t{1} << 31) || p.total_k >= (int64_t{1} << 31))
     return no("TMA coordinates are 32-bit: at most 2^31 - 1 token rows");
-  int dev = 0, major = 0, minor = 0;
-  MH_CUDA_CHECK(cudaGetDevice(&dev));
-  MH_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  MH_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  if (major != 9 || minor != 0)
+  if (const int cc = device_cc(); cc != 90)
     return no(
-        "needs an sm_90 GPU (H100/H200: wgmma and TMA are compiled for sm_90a only), not "
-        "sm_" +
-        std::to_string(major * 10 + minor));
+        "needs an sm_90 GPU (H100/H200: wgmma and TMA are compiled for sm_90a only), not sm_" +
+        std::to_string(cc));
   if (!tensor_map_encoder()) return no("the driver offers no cuTensorMapEncodeTiled");
   return true;
 }
