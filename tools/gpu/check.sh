@@ -275,7 +275,7 @@ if ((HAVE_GPU)); then
   step torch_gemm 60 "${PEER[@]}" gemm --shapes "${GEMM_SHAPES[@]}" --dtypes bf16 fp32 --json
   step mh_gemm 60 "${MHENV[@]}" "$MH" bench gemm --tokens "$GEMM_TOKENS" --dtype bf16,fp32 --json
   # (the hopper column, timed only on sm_90, adds one forward + custom's backward per problem:
-  # about a third more than custom, cudnn and naive alone; still inside the 60 s)
+  # by estimate (not measured) about a third more than custom, cudnn and naive alone, inside 60 s)
   step mh_attention 60 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}"
   step torch_attention 45 "$PY" tools/bench/torch_attention_peer.py "${ATTN_ARGS[@]}"
   # torch.compile last: its compile time is the least predictable.
