@@ -9,8 +9,9 @@
 #   model and batch (tools/bench/torch_gpu_peer.py: AMP bf16, SDPA, eager and torch.compile);
 #   GEMM TFLOP/s of torch.matmul and of multihead's cuBLASLt path (`multihead bench gemm`, beside
 #   cublasGemmEx) on the same shapes; attention TFLOP/s of `multihead bench attention` (custom,
-#   cuDNN, naive, and hopper: the opt-in sm_90a forward, n/a off sm_90) and of PyTorch's flash SDPA on the same problems
-#   (tools/bench/torch_attention_peer.py); then a summary table, printed last.
+#   cuDNN, naive, and hopper: the opt-in sm_90a forward, n/a off sm_90) and of PyTorch's flash
+#   SDPA on the same problems (tools/bench/torch_attention_peer.py); then a summary table, printed
+#   last.
 # Everything finishes inside MH_CHECK_BUDGET seconds (default 450, under the 8 minutes asked):
 # each step's timeout is cut to what is left, and a step with under 10 s left is skipped.
 # Without a GPU it says so and still checks the payload: unpacking, the library paths, and
