@@ -260,4 +260,31 @@ MH_FLASH_FN SeqRows seq_rows(int b, const int32_t* cu_q, const int32_t* cu_k,
   return s;
 }
 
+// The forward's last step, shared by flash_fwd and flash_fwd_sm90 (flash_bwd reads what it
+// writes): for this lane's rows r_lo and r_hi of the block, O = acc / l and the row log-sum-exp
+// lse = ln Σ exp(scale·s) = (m + log2 l) · ln 2, after l is summed over the 4 lanes of the quad.
+// acc(dt, i) is value i of dim tile dt in the m16n8 C layout; og and lse point at the block's
+// first row, rs elements apart.
+template <typename T, int D, typename Acc>
+MH_FLASH_FN void write_o_lse(const Acc& acc, float (&l_run)[2], const float (&m_run)[2], T* og,
+                             int64_t rs, float* lse, int r_lo, int r_hi, int rows_here, int t4) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += shfl_xor(l_run[r], 1);
+    l_run[r] += shfl_xor(l_run[r], 2);
+  }
+  const float inv[2] = {l_run[0] > 0.f ? 1.f / l_run[0] : 0.f,
+                        l_run[1] > 0.f ? 1.f / l_run[1] : 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = r == 0 ? r_lo : r_hi;
+    if (row >= rows_here) continue;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      *reinterpret_cast<uint32_t*>(og + row * rs + dt * 8 + 2 * t4) =
+          pack2<T>(acc(dt, 2 * r) * inv[r], acc(dt, 2 * r + 1) * inv[r]);
+    if (t4 == 0) lse[row] = l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) * kLn2 : INFINITY;
+  }
+}
+
 }  // namespace mh::cuda::flash

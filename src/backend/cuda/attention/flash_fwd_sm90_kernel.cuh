@@ -226,24 +226,9 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
     mbar_arrive(&empty[s]);  // this thread is done with K[nb] and V[nb]
   }
 
-  // O = acc / l; lse = ln Σ exp(scale·s) = (m + log2 l) · ln 2.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_run[r] += shfl_xor(l_run[r], 1);
-    l_run[r] += shfl_xor(l_run[r], 2);
-  }
-  const float inv[2] = {l_run[0] > 0.f ? 1.f / l_run[0] : 0.f,
-                        l_run[1] > 0.f ? 1.f / l_run[1] : 0.f};
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = r == 0 ? r_lo : r_hi;
-    if (row >= rows_here) continue;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-      *reinterpret_cast<uint32_t*>(og + row * rs + dt * 8 + 2 * t4) =
-          pack2<T>(acc[4 * dt + 2 * r] * inv[r], acc[4 * dt + 2 * r + 1] * inv[r]);
-    if (t4 == 0) lse[row] = l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) * kLn2 : INFINITY;
-  }
+  // O = acc / l and the row log-sum-exp, as flash_bwd reads them.
+  write_o_lse<T, D>([&](int dt, int i) { return acc[4 * dt + i]; }, l_run, m_run, og, rs, lse, r_lo,
+                    r_hi, rows_here, t4);
 #else
   __trap();  // the sm_80 pass: this kernel exists only for sm_90a (the launcher checks)
 #endif
