@@ -14,39 +14,10 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/attention/flash_bwd_kernel.cuh"
 #include "backend/cuda/attention/flash_fwd_kernel.cuh"
+#include "flash_case.h"
 
 namespace mh::cuda::flash {
 namespace {
-
-// One attention problem: sequences b = 0..B-1 with (len_q[b], len_k[b]); in the padded form all
-// sequences have max_len_q query rows and max_len_k key rows, of which len_k[b] are valid keys.
-struct Spec {
-  const char* name;
-  int heads;
-  std::vector<int> len_q, len_k;
-  bool causal = false;
-  float dropout = 0;
-  bool packed = false;
-};
-
-template <typename T>
-T round_to(float x) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __float2half(x);
-  else
-    return __float2bfloat16(x);
-}
-
-double rel_err(const std::vector<double>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double d = got[i] - want[i];
-    num += d * d;
-    den += want[i] * want[i];
-  }
-  if (!std::isfinite(num)) return std::numeric_limits<double>::infinity();
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 template <typename T, int D, int FBM = kFwdBM, int FBN = kFwdBN, int BBN = kBwdBN,
           int BBM = kBwdBMOf<D>>
@@ -54,161 +25,51 @@ void run_case(const Spec& s, uint64_t seed) {
   SCOPED_TRACE(::testing::Message()
                << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16")
                << " tiles: forward " << FBM << "x" << FBN << ", backward " << BBN << "x" << BBM);
-  const int B = static_cast<int>(s.len_q.size()), H = s.heads;
-  int max_q = 0, max_k = 0;
-  for (int b = 0; b < B; ++b)
-    max_q = std::max(max_q, s.len_q[b]), max_k = std::max(max_k, s.len_k[b]);
-  const int64_t row = int64_t{H} * D;
-  // Row offsets of each sequence in the kernel's buffers (packed: back to back; padded: fixed).
-  std::vector<int32_t> cu_q(B + 1, 0), cu_k(B + 1, 0);
-  for (int b = 0; b < B; ++b) {
-    cu_q[b + 1] = cu_q[b] + (s.packed ? s.len_q[b] : max_q);
-    cu_k[b + 1] = cu_k[b] + (s.packed ? s.len_k[b] : max_k);
-  }
-  const int64_t total_q = cu_q[B], total_k = cu_k[B];
+  FlashCase<T, D> c(s, seed);
+  const int B = c.B, H = c.H, max_q = c.max_q, max_k = c.max_k;
 
-  // Inputs: rounded to T once; the reference reads the rounded values in float64, in the padded
-  // layout, with zero rows where the packed form has none (their dO = 0 adds nothing to dK, dV).
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  auto make = [&](int64_t rows, std::vector<T>& dev) {
-    dev.resize(static_cast<size_t>(rows * row));
-    for (T& x : dev) x = round_to<T>(nd(rng));
-  };
-  std::vector<T> q, k, v, dout;
-  make(total_q, q);
-  make(total_k, k);
-  make(total_k, v);
-  make(total_q, dout);
-  CpuBackend cpu;
-  auto padded = [&](const std::vector<T>& dev, const std::vector<int32_t>& cu,
-                    const std::vector<int>& len, int max_len) {
-    Tensor t = Tensor::zeros({B, max_len, row}, DType::f64);
-    for (int b = 0; b < B; ++b)
-      for (int i = 0; i < len[b]; ++i)
-        for (int64_t e = 0; e < row; ++e)
-          t.data<double>()[(int64_t{b} * max_len + i) * row + e] =
-              to_f(dev[static_cast<size_t>((cu[b] + i) * row + e)]);
-    return t;
-  };
-  // Query rows: all of them in the padded form; key rows: the valid ones (the rest are padding
-  // the kernel must mask; give them junk in the padded form to prove it does).
-  const std::vector<int> q_rows = s.packed ? s.len_q : std::vector<int>(B, max_q);
+  // The reference reads the rounded inputs in float64, in the padded layout, with zero rows where
+  // the packed form has none (their dO = 0 adds nothing to dK, dV). Query rows: all of them in
+  // the padded form; key rows: the valid ones (the rest are padding the kernel must mask; give
+  // them junk in the padded form to prove it does).
   const std::vector<int> k_rows = s.packed ? s.len_k : std::vector<int>(B, max_k);
-  Tensor q64 = padded(q, cu_q, q_rows, max_q), k64 = padded(k, cu_k, k_rows, max_k);
-  Tensor v64 = padded(v, cu_k, k_rows, max_k), do64 = padded(dout, cu_q, q_rows, max_q);
-  AttnArgs a;
-  a.batch = B;
-  a.heads = H;
-  a.len_q = max_q;
-  a.len_k = max_k;
-  a.head_dim = D;
-  std::vector<int32_t> key_len(s.len_k.begin(), s.len_k.end());
-  a.key_len = key_len.data();
-  a.causal = s.causal;
-  a.scale = 1.0 / std::sqrt(static_cast<double>(D));
-  a.dropout = s.dropout;
-  a.seed = 1234567;
-  a.offset = 89;
+  Tensor q64 = c.padded(c.q, c.cu_q, c.q_rows, max_q), k64 = c.padded(c.k, c.cu_k, k_rows, max_k);
+  Tensor v64 = c.padded(c.v, c.cu_k, k_rows, max_k),
+         do64 = c.padded(c.dout, c.cu_q, c.q_rows, max_q);
+  CpuBackend cpu;
   Tensor o64 = Tensor::empty(q64.shape(), DType::f64);
   AttnSaved saved;
-  cpu.attention_fwd(a, q64, k64, v64, o64, saved);
+  cpu.attention_fwd(c.args, q64, k64, v64, o64, saved);
   Tensor dq64 = Tensor::empty(q64.shape(), DType::f64),
          dk64 = Tensor::empty(k64.shape(), DType::f64),
          dv64 = Tensor::empty(k64.shape(), DType::f64);
-  cpu.attention_bwd(a, do64, q64, k64, v64, saved, dq64, dk64, dv64);
-
-  // The problem as the kernels see it.
-  AttnProblem pr;
-  pr.dtype = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
-  pr.batch = B;
-  pr.heads = H;
-  pr.head_dim = D;
-  pr.max_len_q = max_q;
-  pr.max_len_k = max_k;
-  pr.total_q = total_q;
-  pr.total_k = total_k;
-  if (s.packed) {
-    pr.cu_seqlens_q = cu_q.data();
-    pr.cu_seqlens_k = cu_k.data();
-  } else {
-    pr.key_len = key_len.data();
-  }
-  pr.causal = s.causal;
-  pr.scale = static_cast<float>(a.scale);
-  pr.dropout = s.dropout;
-  pr.seed = a.seed;
-  pr.offset = a.offset;
+  cpu.attention_bwd(c.args, do64, q64, k64, v64, saved, dq64, dk64, dv64);
 
   const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
-  std::vector<T> o(q.size(), nan_t);
-  std::vector<float> lse(static_cast<size_t>(H * total_q), std::numeric_limits<float>::quiet_NaN());
+  std::vector<T> o(c.q.size(), nan_t);
+  std::vector<float> lse(static_cast<size_t>(H * c.total_q),
+                         std::numeric_limits<float>::quiet_NaN());
   const FwdParams<T> fp =
-      fwd_params<T>(pr, AttnFwdIO{q.data(), k.data(), v.data(), o.data(), lse.data()});
+      fwd_params<T>(c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()});
   emu_launch((max_q + FBM - 1) / FBM, H, B, fwd_threads(FBM), fwd_smem_bytes<T, D, FBM, FBN>(),
              [&] { flash_fwd_kernel<T, D, FBM, FBN>(fp); });
-
-  // Backward: D = rowsum(dO ∘ O) and the dQ conversion as flash_bwd.cu's small kernels do.
-  std::vector<float> dsum(static_cast<size_t>(H * total_q)), dq_acc(q.size(), 0.f);
-  for (int64_t r = 0; r < total_q; ++r)
-    for (int h = 0; h < H; ++h) {
-      float acc = 0;
-      for (int e = 0; e < D; ++e)
-        acc += to_f(dout[r * row + h * D + e]) * to_f(o[r * row + h * D + e]);
-      dsum[h * total_q + r] = acc;
-    }
-  std::vector<T> dq(q.size(), nan_t), dk(k.size(), nan_t), dv(k.size(), nan_t);
-  const BwdParams<T> bp =
-      bwd_params<T>(pr,
-                    AttnBwdIO{q.data(), k.data(), v.data(), o.data(), dout.data(), lse.data(),
-                              dq.data(), dk.data(), dv.data()},
-                    dq_acc.data(), dsum.data());
-  emu_launch((max_k + BBN - 1) / BBN, H, B, bwd_threads(BBN), bwd_smem_bytes<T, D, BBN, BBM>(),
-             [&] { flash_bwd_kernel<T, D, BBN, BBM>(bp); });
-  for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
+  std::vector<T> dq, dk, dv;
+  c.template run_backward<BBN, BBM>(o, lse, dq, dk, dv);
 
   // Compare the rows the kernels own against the padded reference.
-  auto gather = [&](const std::vector<T>& dev, const Tensor& ref, const std::vector<int32_t>& cu,
-                    const std::vector<int>& rows, int max_len, std::vector<double>& got,
-                    std::vector<double>& want) {
-    got.clear();
-    want.clear();
-    for (int b = 0; b < B; ++b)
-      for (int i = 0; i < rows[b]; ++i)
-        for (int64_t e = 0; e < row; ++e) {
-          got.push_back(to_f(dev[static_cast<size_t>((cu[b] + i) * row + e)]));
-          want.push_back(ref.data<double>()[(int64_t{b} * max_len + i) * row + e]);
-        }
-  };
-  std::vector<double> got, want;
-  gather(o, o64, cu_q, q_rows, max_q, got, want);
-  EXPECT_LE(rel_err(got, want), 1e-2) << "O";
-  gather(dq, dq64, cu_q, q_rows, max_q, got, want);
-  EXPECT_LE(rel_err(got, want), 1e-2) << "dQ";
-  gather(dk, dk64, cu_k, k_rows, max_k, got, want);
-  EXPECT_LE(rel_err(got, want), 1e-2) << "dK";
-  gather(dv, dv64, cu_k, k_rows, max_k, got, want);
-  EXPECT_LE(rel_err(got, want), 1e-2) << "dV";
+  EXPECT_LE(c.err(o, o64, c.cu_q, c.q_rows, max_q), 1e-2) << "O";
+  EXPECT_LE(c.err(dq, dq64, c.cu_q, c.q_rows, max_q), 1e-2) << "dQ";
+  EXPECT_LE(c.err(dk, dk64, c.cu_k, k_rows, max_k), 1e-2) << "dK";
+  EXPECT_LE(c.err(dv, dv64, c.cu_k, k_rows, max_k), 1e-2) << "dV";
 
   // The log-sum-exp of the scaled scores, row by row (+inf where no key is visible).
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h)
-      for (int i = 0; i < q_rows[b]; ++i) {
+      for (int i = 0; i < c.q_rows[b]; ++i) {
         int n = std::min(s.len_k[b], max_k);
         if (s.causal) n = std::min(n, i + 1);
-        double m = -INFINITY, sum = 0;
-        std::vector<double> sc(static_cast<size_t>(std::max(n, 0)));
-        for (int j = 0; j < n; ++j) {
-          double dot = 0;
-          for (int e = 0; e < D; ++e)
-            dot += q64.data<double>()[(int64_t{b} * max_q + i) * row + h * D + e] *
-                   k64.data<double>()[(int64_t{b} * max_k + j) * row + h * D + e];
-          sc[j] = dot * a.scale;
-          m = std::max(m, sc[j]);
-        }
-        for (int j = 0; j < n; ++j) sum += std::exp(sc[j] - m);
-        const double want_lse = n > 0 ? m + std::log(sum) : INFINITY;
-        const float got_lse = lse[h * total_q + cu_q[b] + i];
+        const double want_lse = c.ref_lse(q64, k64, b, h, i, n);
+        const float got_lse = lse[h * c.total_q + c.cu_q[b] + i];
         if (n == 0)
           EXPECT_EQ(got_lse, INFINITY) << "b=" << b << " h=" << h << " i=" << i;
         else
