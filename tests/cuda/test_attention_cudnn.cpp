@@ -180,18 +180,7 @@ TEST_P(CudnnSdpaPadded, MatchesCpu) {
   cpu().attention_bwd(a, dout.host, q.host, k.host, v.host, saved, dq_ref, dk_ref, dv_ref);
 
   const Tensor key_len = upload_i32(c.key_len);
-  cuda::AttnProblem p;
-  p.dtype = c.dtype;
-  p.batch = static_cast<int>(b);
-  p.heads = static_cast<int>(h);
-  p.head_dim = static_cast<int>(dk);
-  p.max_len_q = static_cast<int>(lq);
-  p.max_len_k = static_cast<int>(lk);
-  p.total_q = b * lq;
-  p.total_k = b * lk;
-  p.key_len = key_len.data<int32_t>();
-  p.causal = c.causal;
-  p.scale = static_cast<float>(a.scale);
+  const cuda::AttnProblem p = cuda::padded_attn_problem(a, c.dtype, key_len.data<int32_t>());
   cuda::CudnnSdpa& sdpa = gpu().cudnn_sdpa();
   std::string why;
   ASSERT_TRUE(sdpa.supports(p, &why)) << why;
@@ -280,18 +269,7 @@ void packed_vs_padded(bool causal, DType t, int64_t head_dim) {
   const Tensor pv = gather(v.host, lk, cu_k), pdout = gather(dout.host, lq, cu_q);
   const Tensor key_len = upload_i32(nk), cu_q_dev = upload_i32(cu_q), cu_k_dev = upload_i32(cu_k);
 
-  cuda::AttnProblem padded;
-  padded.dtype = t;
-  padded.batch = static_cast<int>(b);
-  padded.heads = static_cast<int>(h);
-  padded.head_dim = static_cast<int>(dk);
-  padded.max_len_q = static_cast<int>(lq);
-  padded.max_len_k = static_cast<int>(lk);
-  padded.total_q = b * lq;
-  padded.total_k = b * lk;
-  padded.key_len = key_len.data<int32_t>();
-  padded.causal = causal;
-  padded.scale = static_cast<float>(a.scale);
+  const cuda::AttnProblem padded = cuda::padded_attn_problem(a, t, key_len.data<int32_t>());
   cuda::AttnProblem packed = padded;
   packed.key_len = nullptr;
   packed.cu_seqlens_q = cu_q_dev.data<int32_t>();
