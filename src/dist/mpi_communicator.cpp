@@ -190,80 +190,184 @@ Work MpiCommunicator::barrier() {
 
 Work MpiCommunicator::submit(Op op) {
   op.state = std::make_shared<Work::State>();
-  op.state->waiters = waiters_;
+  const Work::State* key = op.state.get();  // the state outlives every call of its hooks
+  op.state->poll = [this, key] { return try_drive(*key); };
+  op.state->block = [this, key] { drive_until_done(*key); };
   Work work(op.state);
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     MH_CHECK(!stop_, name_, ": collective issued while the communicator is being destroyed");
     queue_.push_back(std::move(op));
+    ++pending_;
     if (!thread_.joinable()) thread_ = std::thread([this] { progress_loop(); });
+    wake = sleeping_;
   }
-  queue_cv_.notify_one();
+  if (wake) queue_cv_.notify_one();
   return work;
 }
 
 void MpiCommunicator::progress_loop() {
 #if defined(__linux__)
-  // nanosleep(20 µs) would otherwise sleep for 20 µs + the default 50 µs timer slack.
+  // nanosleep(20 us) would otherwise sleep for 20 us + the default 50 us timer slack.
   prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
 #endif
+  using us = std::chrono::microseconds;
+  auto last_work = Clock::now();
+  int linger_nap_us = polling_.linger_first_us;
   for (;;) {
-    Op op;
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stop_, and every issued collective has completed
-      op = std::move(queue_.front());
-      queue_.pop_front();
+      if (pending_ == 0 && stop_) return;  // every issued collective has completed
+      if (pending_ == 0 || drivers_ > 0) {
+        if (drivers_ == 0 && Clock::now() - last_work >= us(polling_.linger_us)) {
+          sleeping_ = true;  // submit() wakes it from here
+          queue_cv_.wait(lock, [&] { return stop_ || pending_ > 0; });
+          sleeping_ = false;
+          linger_nap_us = polling_.linger_first_us;
+          continue;
+        }
+        lock.unlock();
+        // Lingering: recent collectives make more likely; a nap instead of the wake-up a
+        // submit() would need (a thread switch on the submitter's core per collective).
+        std::this_thread::sleep_for(us(linger_nap_us));
+        linger_nap_us = std::min(2 * linger_nap_us, polling_.linger_nap_us);
+        continue;
+      }
     }
-    run_op(op);
+    // Drive while there is work and no waiter drives.
+    auto spin_until = Clock::now() + us(polling_.spin_us);
+    int nap_us = polling_.first_sleep_us;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> drive(drive_mu_, std::try_to_lock);
+        if (!drive.owns_lock()) break;  // another thread drives
+        const bool was_active = active_.has_value();
+        if (!drive_once()) break;
+        if (active_.has_value() != was_active) {  // one started or ended: poll hard again
+          spin_until = Clock::now() + us(polling_.spin_us);
+          nap_us = polling_.first_sleep_us;
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        if (pending_ == 0 || drivers_ > 0) break;
+      }
+      if (Clock::now() < spin_until) {
+        cpu_relax();
+      } else {
+        // Short naps first: a thread about to wait() on this collective gets the core at once.
+        std::this_thread::sleep_for(us(nap_us));
+        nap_us = std::min(2 * nap_us, polling_.sleep_us);
+      }
+    }
+    last_work = Clock::now();
+    linger_nap_us = polling_.linger_first_us;
   }
 }
 
-void MpiCommunicator::run_op(Op& op) {
-  Work::State& state = *op.state;
-  state.mark_started();
-  std::exception_ptr error;
-  try {
-    if (!failure_.empty())
-      throw MpiError(str(name_, ": an earlier collective on this communicator failed: ", failure_));
-    if (op.kind == Kind::all_gather) {
-      ring_all_gather(op);
-    } else {
-      MPI_Request req = MPI_REQUEST_NULL;
+void MpiCommunicator::drive_until_done(const Work::State& state) {
+  // Counted among the drivers while here, so the progress thread keeps out of the way; on the
+  // way out it is woken only if there is work left for it.
+  struct DriverCount {
+    MpiCommunicator& c;
+    explicit DriverCount(MpiCommunicator& comm) : c(comm) {
+      std::lock_guard<std::mutex> lock(c.queue_mu_);
+      ++c.drivers_;
+    }
+    ~DriverCount() {
+      bool wake = false;
       {
-        std::lock_guard<std::mutex> lock(mpi_call_mutex());
-        switch (op.kind) {
-          case Kind::all_reduce:
-            MH_MPI_CHECK(
-                MPI_Iallreduce(MPI_IN_PLACE, op.out.raw(), op.count, op.dtype, op.op, comm_, &req));
-            break;
-          case Kind::reduce_scatter:
-            MH_MPI_CHECK(MPI_Ireduce_scatter_block(op.in.raw(), op.out.raw(), op.count, op.dtype,
-                                                   op.op, comm_, &req));
-            break;
-          case Kind::broadcast:
-            MH_MPI_CHECK(MPI_Ibcast(op.out.raw(), op.count, op.dtype, op.root, comm_, &req));
-            break;
-          case Kind::barrier:
-            MH_MPI_CHECK(MPI_Ibarrier(comm_, &req));
-            break;
-          case Kind::all_gather:
-            break;
-        }
+        std::lock_guard<std::mutex> lock(c.queue_mu_);
+        wake = --c.drivers_ == 0 && c.pending_ > 0 && c.sleeping_;
       }
-      poll_until_done(&req, 1);
+      if (wake) c.queue_cv_.notify_one();
+    }
+  } counted(*this);
+  std::lock_guard<std::mutex> drive(drive_mu_);
+  while (!state.done_flag.load(std::memory_order_acquire)) {
+    const bool was_active = active_.has_value();
+    // It is queued or in flight, so there is something to drive until it completes.
+    MH_CHECK(drive_once(), name_, ": waiting on a collective that is not pending");
+    if (active_.has_value() == was_active) sched_yield();  // nothing changed: let peers run
+  }
+}
+
+bool MpiCommunicator::try_drive(const Work::State& state) {
+  std::unique_lock<std::mutex> drive(drive_mu_, std::try_to_lock);
+  if (drive.owns_lock()) drive_once();
+  return state.done_flag.load(std::memory_order_acquire);
+}
+
+bool MpiCommunicator::drive_once() {
+  if (!active_) {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (queue_.empty()) return false;
+    active_.emplace();
+    active_->op = std::move(queue_.front());
+    queue_.pop_front();
+  }
+  try {
+    if (!active_->started) {
+      start(*active_);
+    } else if (test_active(*active_)) {
+      finish(nullptr);
     }
   } catch (const std::exception& e) {
     if (failure_.empty()) failure_ = e.what();
-    error = std::current_exception();
+    finish(std::current_exception());
   } catch (...) {
     if (failure_.empty()) failure_ = "unknown exception";
-    error = std::current_exception();
+    finish(std::current_exception());
   }
-  op.in = Tensor();  // release the buffers before the waiter can see completion
-  op.out = Tensor();
-  state.complete(error);
+  return true;
+}
+
+void MpiCommunicator::start(Active& a) {
+  Op& op = a.op;
+  a.started = true;
+  op.state->mark_started();
+  if (!failure_.empty())
+    throw MpiError(str(name_, ": an earlier collective on this communicator failed: ", failure_));
+  if (op.kind == Kind::all_gather) {
+    post_ring_step(a);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mpi_call_mutex());
+  switch (op.kind) {
+    case Kind::all_reduce:
+      MH_MPI_CHECK(
+          MPI_Iallreduce(MPI_IN_PLACE, op.out.raw(), op.count, op.dtype, op.op, comm_, &a.reqs[0]));
+      break;
+    case Kind::reduce_scatter:
+      MH_MPI_CHECK(MPI_Ireduce_scatter_block(op.in.raw(), op.out.raw(), op.count, op.dtype, op.op,
+                                             comm_, &a.reqs[0]));
+      break;
+    case Kind::broadcast:
+      MH_MPI_CHECK(MPI_Ibcast(op.out.raw(), op.count, op.dtype, op.root, comm_, &a.reqs[0]));
+      break;
+    case Kind::barrier:
+      MH_MPI_CHECK(MPI_Ibarrier(comm_, &a.reqs[0]));
+      break;
+    case Kind::all_gather:
+      break;
+  }
+  a.nreqs = 1;
+}
+
+bool MpiCommunicator::test_active(Active& a) {
+  int done = 0;
+  {
+    std::lock_guard<std::mutex> lock(mpi_call_mutex());
+    MH_MPI_CHECK(MPI_Testall(a.nreqs, a.reqs, &done, MPI_STATUSES_IGNORE));
+  }
+  if (!done) return false;
+  if (a.op.kind == Kind::all_gather && a.step + 1 < size_ - 1) {
+    ++a.step;
+    post_ring_step(a);
+    return false;
+  }
+  return true;
 }
 
 // All-gather as a ring of point-to-point messages: in step s (of size - 1) every rank sends the
@@ -271,49 +375,34 @@ void MpiCommunicator::run_op(Op& op) {
 // Not MPI_Iallgather: Open MPI's coll/libnbc version ran at 55-75% of the blocking
 // MPI_Allgather up to 1 MB (2 ranks, shared memory), while nonblocking send/recv in a ring
 // matches it at every size.
-void MpiCommunicator::ring_all_gather(Op& op) {
+void MpiCommunicator::post_ring_step(Active& a) {
+  Op& op = a.op;
   const size_t chunk_bytes = static_cast<size_t>(op.count) * dtype_size(op.out.dtype());
   auto* out = static_cast<std::byte*>(op.out.raw());
   const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
-  for (int step = 0; step < size_ - 1; ++step) {
-    const int send_chunk = (rank_ + size_ - step) % size_;
-    const int recv_chunk = (rank_ + size_ - step - 1) % size_;
-    const void* send = step == 0 && !op.in_place ? op.in.raw() : out + send_chunk * chunk_bytes;
-    MPI_Request reqs[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-    {
-      std::lock_guard<std::mutex> lock(mpi_call_mutex());
-      MH_MPI_CHECK(MPI_Irecv(out + recv_chunk * chunk_bytes, op.count, op.dtype, left, kRingTag,
-                             comm_, &reqs[0]));
-      MH_MPI_CHECK(MPI_Isend(send, op.count, op.dtype, right, kRingTag, comm_, &reqs[1]));
-    }
-    // This rank's own chunk, copied while the first messages are on their way.
-    if (step == 0 && !op.in_place && chunk_bytes > 0)
-      std::memcpy(out + rank_ * chunk_bytes, op.in.raw(), chunk_bytes);
-    poll_until_done(reqs, 2);
+  const int send_chunk = (rank_ + size_ - a.step) % size_;
+  const int recv_chunk = (rank_ + size_ - a.step - 1) % size_;
+  const bool first = a.step == 0;
+  const void* send = first && !op.in_place ? op.in.raw() : out + send_chunk * chunk_bytes;
+  {
+    std::lock_guard<std::mutex> lock(mpi_call_mutex());
+    MH_MPI_CHECK(MPI_Irecv(out + recv_chunk * chunk_bytes, op.count, op.dtype, left, kRingTag,
+                           comm_, &a.reqs[0]));
+    MH_MPI_CHECK(MPI_Isend(send, op.count, op.dtype, right, kRingTag, comm_, &a.reqs[1]));
   }
+  a.nreqs = 2;
+  // This rank's own chunk, copied while the first messages are on their way.
+  if (first && !op.in_place && chunk_bytes > 0)
+    std::memcpy(out + rank_ * chunk_bytes, op.in.raw(), chunk_bytes);
 }
 
-void MpiCommunicator::poll_until_done(MPI_Request* reqs, int n) {
-  const auto spin_until = Clock::now() + std::chrono::microseconds(polling_.spin_us);
-  int nap_us = polling_.first_sleep_us;
-  for (;;) {
-    int done = 0;
-    {
-      std::lock_guard<std::mutex> lock(mpi_call_mutex());
-      MH_MPI_CHECK(MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE));
-    }
-    if (done) return;
-    if (waiters_->load(std::memory_order_relaxed) > 0) {
-      sched_yield();  // the waiter's core is ours; yield only to oversubscribed peers
-    } else if (Clock::now() < spin_until) {
-      cpu_relax();
-    } else {
-      // Short naps first: a thread about to wait() on this collective gets the core at once and
-      // the polling turns hard without a long nap in between.
-      std::this_thread::sleep_for(std::chrono::microseconds(nap_us));
-      nap_us = std::min(2 * nap_us, polling_.sleep_us);
-    }
-  }
+// Completes the collective in flight (with `error` if it failed) and clears active_.
+void MpiCommunicator::finish(std::exception_ptr error) {
+  std::shared_ptr<Work::State> state = std::move(active_->op.state);
+  active_.reset();  // releases the buffers before a waiter can see completion
+  state->complete(std::move(error));
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  --pending_;
 }
 
 }  // namespace mh

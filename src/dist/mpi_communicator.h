@@ -5,32 +5,40 @@
 // busy: Open MPI moves a nonblocking collective forward only inside MPI calls made by the process
 // (no asynchronous progress over shared memory or TCP), so a collective started with
 // MPI_Iallreduce and left alone until the next wait() would not overlap anything. Each
-// MpiCommunicator therefore owns one progress thread, started on its first collective. It takes
-// collectives from a FIFO queue one at a time, starts each as a nonblocking MPI call
-// (MPI_Iallreduce, MPI_Ireduce_scatter_block, MPI_Ibcast, MPI_Ibarrier; all_gather as a ring of
-// MPI_Isend/MPI_Irecv, see ring_all_gather) and drives it to completion with MPI_Test.
-// Collectives on one communicator thus start and complete in issue order, on every rank;
-// collectives on different communicators progress independently.
+// MpiCommunicator therefore owns one progress thread, started on its first collective. Issued
+// collectives wait in a FIFO queue; they are started one at a time, in issue order, each as a
+// nonblocking MPI call (MPI_Iallreduce, MPI_Ireduce_scatter_block, MPI_Ibcast, MPI_Ibarrier;
+// all_gather as a ring of MPI_Isend/MPI_Irecv, see post_ring_step) and driven to completion with
+// MPI_Test. Collectives on one communicator thus start and complete in issue order, on every
+// rank; collectives on different communicators progress independently.
 //
-// How it polls. The progress thread shares a core with the compute thread (mpirun binds each
-// rank to one core by default; a 2-core machine runs 2 ranks), so a rank waiting for a slower
-// peer must not burn that core. After starting a collective the thread tests in a tight loop for
-// MpiPolling::spin_us (short collectives end there), then sleeps between tests, 2, 4, 8 ... up to
-// MpiPolling::sleep_us µs, its timer slack cut to 1 µs so a sleep is what was asked for. Each
-// wake-up from such a sleep preempts the compute thread briefly, which is what keeps the
-// collective moving during compute (yielding instead would leave it waiting a whole scheduler
-// slice, milliseconds). While a thread is blocked in Work::wait() on this communicator the core is
-// the progress thread's: it tests without sleeping (sched_yield between tests, for oversubscribed
-// runs).
+// Who drives. "Driving" (starting the next queued collective, testing the one in flight) is done
+// under drive_mu_ by whichever thread holds it: the progress thread while nobody waits, or a
+// thread in Work::wait() (or Work::test(), which drives one step if nobody else is). A waiting
+// thread takes over: it drives the queue, in order, until its own collective completes, while the
+// progress thread keeps out of the way. Every thread switch on a rank's core costs (on a VM,
+// ~3-5 us), and the earlier design paid four per collective (submit woke the progress thread,
+// the waiter slept, completion woke the waiter, the progress thread slept again): 10-20 us, 8-20%
+// of a 1 MB all-reduce or all-gather on 2 ranks. Now submit() wakes the progress thread only if
+// it is asleep, and it sleeps only after MpiPolling::linger_us without collectives; before that
+// it lingers, looking at the queue between naps of up to linger_nap_us. A collective issued and
+// waited for at once therefore runs entirely on the waiting thread, and `bench comm` is within a
+// few % of the blocking MPI call from 1 MB on (docs/perf/comm.md).
 //
-// Costs, measured with `multihead bench comm` (2 ranks, 2 cores, both threads of a rank on one
-// core): a call + wait() adds two thread switches on that core, ~10-15 µs, to a collective. Small
-// messages pay it in full (4 KB: ~3x the blocking call's time); from 1 MB on all_reduce is within
-// ~5% of the blocking MPI_Allreduce, all_gather from 2 MB on. (Tried and measured worse: the
-// waiting thread running the queue itself, spinning in wait(), the progress thread spinning for
-// the next collective.) World::init makes Open MPI's nonblocking all-reduce use Rabenseifner's
-// algorithm (see world.cpp): its default, a binomial tree for in-place calls, ran at ~45% of the
-// blocking call.
+// How the progress thread polls a collective in flight that nobody waits for (gradient buckets
+// during backward). It shares a core with the compute thread (mpirun binds each rank to one core
+// by default; a 2-core machine runs 2 ranks), so a rank waiting for a slower peer must not burn
+// that core. It tests in a tight loop for MpiPolling::spin_us (short collectives end there), then
+// sleeps between tests, 2, 4, 8 ... up to MpiPolling::sleep_us us, its timer slack cut to 1 us so
+// a sleep is what was asked for. Each wake-up preempts the compute thread briefly, which is what
+// keeps the collective moving during compute (yielding instead would leave it waiting a whole
+// scheduler slice, milliseconds); the cap of 100 us keeps those wake-ups to ~1% of the core
+// (20 us cost several %), and GradBuckets adds progress calls from the compute thread between
+// backward's ops. A driving waiter tests without sleeping (sched_yield between tests, for
+// oversubscribed runs): its thread has nothing else to do.
+//
+// World::init makes Open MPI's nonblocking all-reduce use Rabenseifner's algorithm (see
+// world.cpp): its default, a binomial tree for in-place calls, ran at ~45% of the blocking call.
 //
 // Thread-level contract (MPI_THREAD_SERIALIZED, see World::init). Every MPI call made by this
 // file's code holds mpi_call_mutex(), so the progress threads of several communicators (dp and
@@ -52,11 +60,11 @@
 #endif
 #include <mpi.h>
 
-#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -88,9 +96,14 @@ MPI_Op mpi_op(ReduceOp op);
 
 // How the progress thread polls a started collective (see the file comment).
 struct MpiPolling {
-  int spin_us = 5;         // tight MPI_Test loop right after the start
+  int spin_us = 5;         // tight MPI_Test loop after a collective starts or ends
   int first_sleep_us = 2;  // then sleeps between tests, doubling from this ...
-  int sleep_us = 20;       // ... up to this, while no thread waits for the collective
+  int sleep_us = 100;      // ... up to this
+  // With nothing to drive, the thread lingers for linger_us, sleeping linger_first_us, doubling
+  // up to linger_nap_us, between looks at the queue, before it sleeps until woken.
+  int linger_us = 100'000;
+  int linger_first_us = 50;
+  int linger_nap_us = 1000;
 };
 
 class MpiCommunicator final : public Communicator {
@@ -131,26 +144,47 @@ class MpiCommunicator final : public Communicator {
     bool in_place = false;  // all_gather: `in` is this rank's chunk of `out`
     std::shared_ptr<Work::State> state;
   };
+  // The collective in flight: its requests, and for all_gather the ring step they belong to.
+  struct Active {
+    Op op;
+    bool started = false;
+    int step = 0;
+    MPI_Request reqs[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    int nreqs = 0;
+  };
   Work submit(Op op);
   void progress_loop();
-  void run_op(Op& op);
-  void ring_all_gather(Op& op);
-  // MPI_Testall until `reqs` are complete, polling as the file comment says.
-  void poll_until_done(MPI_Request* reqs, int n);
-  static constexpr int kRingTag = 0x6d68;  // point-to-point messages of ring_all_gather
+  // With drive_mu_ held: starts the next queued collective if none is in flight, then tests the
+  // one in flight once (completing it, and its Work, when it has ended). Returns false when there
+  // was nothing to drive. A failure completes the collective's Work with the error instead of
+  // throwing.
+  bool drive_once();
+  void start(Active& a);
+  bool test_active(Active& a);  // true once `a` has completed (all ring steps)
+  void post_ring_step(Active& a);
+  void finish(std::exception_ptr error);
+  // Work::wait() and Work::test() on a collective of this communicator (see "Who drives").
+  void drive_until_done(const Work::State& state);
+  bool try_drive(const Work::State& state);
+  static constexpr int kRingTag = 0x6d68;  // point-to-point messages of the all_gather ring
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::string name_;
   MpiPolling polling_;
   int rank_ = 0, size_ = 1;
 
-  std::mutex queue_mu_;  // guards queue_, stop_, thread_ start
+  std::mutex queue_mu_;  // guards queue_, pending_, drivers_, stop_, thread_ start
   std::condition_variable queue_cv_;
   std::deque<Op> queue_;
+  int pending_ = 0;        // issued, not yet complete (queued or in flight)
+  int drivers_ = 0;        // waiting threads driving, or about to (the progress thread steps aside)
+  bool sleeping_ = false;  // the progress thread waits on queue_cv_ (submit() must wake it)
   bool stop_ = false;
   std::thread thread_;
-  std::string failure_;  // progress thread only: the first failure; later collectives fail too
-  std::shared_ptr<std::atomic<int>> waiters_ = std::make_shared<std::atomic<int>>(0);
+
+  std::mutex drive_mu_;           // held by whoever drives; guards what follows
+  std::optional<Active> active_;  // the collective in flight
+  std::string failure_;           // the first failure; later collectives fail too
 };
 
 }  // namespace mh

@@ -5,28 +5,10 @@
 
 namespace mh {
 
-namespace {
-
-// Counts this thread among the communicator's waiters while it is in wait(), so the driver may
-// spend this thread's core on polling.
-struct WaiterCount {
-  explicit WaiterCount(std::atomic<int>* n) : n_(n) {
-    if (n_) n_->fetch_add(1, std::memory_order_relaxed);
-  }
-  ~WaiterCount() {
-    if (n_) n_->fetch_sub(1, std::memory_order_relaxed);
-  }
-  WaiterCount(const WaiterCount&) = delete;
-  WaiterCount& operator=(const WaiterCount&) = delete;
-  std::atomic<int>* n_;
-};
-
-}  // namespace
-
 void Work::wait() {
   if (!state_) return;
   if (state_->poll && !state_->done_flag.load(std::memory_order_acquire)) {
-    // Polled completion (work_state.h): this thread drives it.
+    // Driven completion (work_state.h): this thread drives it.
     std::exception_ptr err;
     try {
       state_->block();
@@ -36,7 +18,6 @@ void Work::wait() {
     state_->finish(err);
   }
   if (!state_->done_flag.load(std::memory_order_acquire)) {
-    WaiterCount counted(state_->waiters.get());
     std::unique_lock<std::mutex> lock(state_->mu);
     state_->cv.wait(lock, [&] { return state_->done; });
   }

@@ -3,17 +3,16 @@
 //
 // The communication side calls mark_started() when the collective actually begins (not when it
 // is queued) and complete() exactly once when it ends, successfully or with the exception that
-// wait() will rethrow. `waiters`, when set, is the communicator's count of threads blocked in
-// wait(): a driver that polls (the MPI progress thread) may poll harder while it is non-zero,
-// because the waiting thread has given up its core.
+// wait() will rethrow.
 //
-// Polled completion (a device-side driver: NCCL on a CUDA stream). Such a communicator has no
-// thread of its own to call complete(); it sets `poll` (true once the collective has ended,
-// without blocking; may throw its failure) and `block` (returns once it has ended; may throw),
-// and optionally `elapsed` (the collective's own seconds, e.g. between two CUDA events). Work's
-// test() and wait() then drive completion themselves: the first caller that sees the end calls
-// finish() (complete() at most once, whichever thread gets there first). When `poll` is unset
-// (the MPI communicator) nothing of this applies.
+// Driven completion. A communicator whose collectives move forward only when someone drives them
+// sets `poll` (drives a little without blocking; true once the collective has ended; may throw
+// its failure) and `block` (drives until it has ended; may throw), and optionally `elapsed` (the
+// collective's own seconds, e.g. between two CUDA events). Work's test() and wait() then call
+// them instead of sleeping, and the first caller that sees the end calls finish() (complete() at
+// most once, whichever thread gets there first). NCCL on a CUDA stream polls and synchronizes its
+// event this way; MPI drives its queue on the waiting thread (mpi_communicator.h, "Who drives")
+// and completes the collective itself. When `poll` is unset, wait() sleeps until complete().
 #pragma once
 
 #include <atomic>
@@ -33,14 +32,13 @@ struct Work::State {
 
   std::mutex mu;
   std::condition_variable cv;
-  bool done = false;                          // guarded by mu
-  std::atomic<bool> done_flag{false};         // mirrors done, for a lock-free test()
-  std::exception_ptr error;                   // set before done; rethrown by wait()
-  Clock::time_point start{}, end{};           // written by the communication side before done
-  std::shared_ptr<std::atomic<int>> waiters;  // optional, see above
-  std::function<bool()> poll;                 // optional: polled completion, see above
-  std::function<void()> block;                // with poll: blocks until complete
-  std::function<double()> elapsed;            // optional: seconds(), instead of end - start
+  bool done = false;                   // guarded by mu
+  std::atomic<bool> done_flag{false};  // mirrors done, for a lock-free test()
+  std::exception_ptr error;            // set before done; rethrown by wait()
+  Clock::time_point start{}, end{};    // written by the communication side before done
+  std::function<bool()> poll;          // optional: driven completion, see above
+  std::function<void()> block;         // with poll: blocks until complete
+  std::function<double()> elapsed;     // optional: seconds(), instead of end - start
 
   void mark_started() { start = Clock::now(); }
   // Marks the collective complete (with `err` if it failed) and wakes every waiter.

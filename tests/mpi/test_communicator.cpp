@@ -331,6 +331,55 @@ TEST(Communicator, DestructorDrainsTheQueue) {
   }
 }
 
+// Nobody waits: the progress thread alone must complete a collective, whether it was asleep
+// (linger_us 0: submit() must wake it) or lingering (linger_us longer than the test: it must find
+// the collective by itself). One test() drives at most one step (it starts a queued collective,
+// or tests the one in flight once), so a collective complete at the first test() after the pause
+// was started and driven by the progress thread.
+TEST(Communicator, ProgressWithoutWaiting) {
+  const int n = world().size(), r = world().rank();
+  for (const int linger_us : {0, 10'000'000}) {
+    MpiPolling polling;
+    polling.linger_us = linger_us;
+    MpiCommunicator comm(MPI_COMM_WORLD, "mpi:nowait", polling);
+    const int64_t count = 100000;
+    for (int k = 0; k < 3; ++k) {
+      Tensor t = make_tensor(rank_values(r, count, DType::f32, 300 + k), DType::f32);
+      Work w = comm.all_reduce(t, ReduceOp::sum);
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      EXPECT_TRUE(w.test()) << "collective " << k << " (linger_us " << linger_us
+                            << ") not completed by the progress thread";
+      w.wait();
+      EXPECT_EQ(count_wrong(t, reduce_all_ranks(n, count, DType::f32, ReduceOp::sum, 300 + k)), 0);
+    }
+  }
+}
+
+// Several threads waiting at once on collectives of one communicator, each in its own order:
+// each drives the queue in issue order until its own completes, one at a time.
+TEST(Communicator, ConcurrentWaiters) {
+  const int n = world().size(), r = world().rank();
+  constexpr int kOps = 16, kThreads = 4;
+  std::vector<Tensor> bufs;
+  std::vector<Work> works;
+  for (int k = 0; k < kOps; ++k) {
+    const int64_t count = 1000 + 37000 * (k % 5);
+    bufs.push_back(make_tensor(rank_values(r, count, DType::f32, 400 + k), DType::f32));
+    works.push_back(world().all_reduce(bufs.back(), ReduceOp::sum));
+  }
+  std::vector<std::thread> threads;
+  for (int j = 0; j < kThreads; ++j)
+    threads.emplace_back([&, j] {
+      for (int k = kOps - kThreads + j; k >= 0; k -= kThreads) works[k].wait();  // latest first
+    });
+  for (std::thread& t : threads) t.join();
+  for (int k = 0; k < kOps; ++k)
+    EXPECT_EQ(count_wrong(bufs[k],
+                          reduce_all_ranks(n, bufs[k].numel(), DType::f32, ReduceOp::sum, 400 + k)),
+              0)
+        << "collective " << k;
+}
+
 // Two communicators with collectives in flight at once, waited for in opposite orders on
 // alternate ranks: the progress threads must not deadlock or call MPI concurrently.
 TEST(Communicator, TwoCommunicatorsInFlight) {
@@ -357,14 +406,17 @@ TEST(Communicator, TwoCommunicatorsInFlight) {
 }
 
 // Non-zero ranks: gtest's report would be printed once per rank; print only failures, tagged.
+// The test's name is kept from OnTestStart: UnitTest::current_test_info() from inside
+// OnTestPartResult takes the mutex gtest holds while reporting, and hangs the rank.
 class FailurePrinter : public ::testing::EmptyTestEventListener {
  public:
   explicit FailurePrinter(int rank) : rank_(rank) {}
+  void OnTestStart(const ::testing::TestInfo& info) override {
+    test_ = std::string(info.test_suite_name()) + "." + info.name();
+  }
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::cerr << "[rank " << rank_ << "] " << (test ? test->test_suite_name() : "") << "."
-              << (test ? test->name() : "") << " failed at "
+    std::cerr << "[rank " << rank_ << "] " << test_ << " failed at "
               << (result.file_name() ? result.file_name() : "?") << ":" << result.line_number()
               << "\n"
               << result.summary() << std::endl;
@@ -372,6 +424,7 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
 
  private:
   int rank_;
+  std::string test_;
 };
 
 }  // namespace
