@@ -121,6 +121,14 @@ int bench_train(int argc, char** argv) {
   double first_loss = 0, last_loss = 0, compute_s = 0, comm_s = 0, exposed_s = 0;
   for (int64_t i = 0; i < warmup; ++i) first_loss = trainer.train_step([&] { return b; }).loss;
   world.world_comm().barrier().wait();
+  // CPU time of the MPI progress threads (gradients; the host-side scalars, also the inner
+  // communicator of the host-staged GPU path): what overlap takes from compute on a CPU.
+  const auto progress_cpu = [&] {
+    double s = rt.dp ? rt.dp->progress_cpu_seconds() : 0.0;
+    if (rt.dp_host && rt.dp_host != rt.dp) s += rt.dp_host->progress_cpu_seconds();
+    return s;
+  };
+  const double cpu0 = progress_cpu();
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < steps; ++i) {
     StepResult r = trainer.train_step([&] { return b; });
@@ -130,6 +138,7 @@ int bench_train(int argc, char** argv) {
     exposed_s += r.comm.exposed_s;
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double progress_cpu_s = progress_cpu() - cpu0;
   if (prof) {
     prof->set_enabled(true);
     for (int64_t i = 0; i < profile_steps; ++i) {
@@ -157,6 +166,7 @@ int bench_train(int argc, char** argv) {
               << ", \"compute_ms\": " << json_number(compute_s * per_step, "%.3f")
               << ", \"comm_ms\": " << json_number(comm_s * per_step, "%.3f")
               << ", \"exposed_comm_ms\": " << json_number(exposed_s * per_step, "%.3f")
+              << ", \"progress_cpu_ms\": " << json_number(progress_cpu_s * per_step, "%.3f")
               << ", \"tokens_per_s\": " << json_number(tok_s, "%.1f") << ", \"tgt_tokens_per_s\": "
               << json_number(tok_s * tgt_len / (src_len + tgt_len), "%.1f")
               << ", \"gflops_per_s\": " << json_number(gflops, "%.2f")
@@ -187,8 +197,9 @@ int bench_train(int argc, char** argv) {
     if (dp > 1)
       std::printf(
           "  per step on rank 0: compute %.1f ms | all-reduce %.1f ms | exposed %.1f ms (%.1f%% of "
-          "the step)\n",
-          compute_s * per_step, comm_s * per_step, exposed_s * per_step, 100 * exposed_s / secs);
+          "the step) | progress thread CPU %.1f ms\n",
+          compute_s * per_step, comm_s * per_step, exposed_s * per_step, 100 * exposed_s / secs,
+          progress_cpu_s * per_step);
     if (prof) print_profile(*prof, rt.backend->device() == Device::cuda);
   }
   return 0;

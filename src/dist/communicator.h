@@ -51,6 +51,10 @@ class Communicator {
   // buf = root's buf.
   virtual Work broadcast(Tensor& buf, int root) = 0;
   virtual Work barrier() = 0;
+
+  // CPU seconds used so far by the communicator's own progress thread (0 if it has none). On a
+  // CPU that thread shares the compute thread's core, so this is what overlap costs compute.
+  virtual double progress_cpu_seconds() const { return 0.0; }
 };
 
 }  // namespace mh

@@ -8,9 +8,10 @@
 // MpiCommunicator therefore owns one progress thread, started on its first collective. Issued
 // collectives wait in a FIFO queue; they are started one at a time, in issue order, each as a
 // nonblocking MPI call (MPI_Iallreduce, MPI_Ireduce_scatter_block, MPI_Ibcast, MPI_Ibarrier;
-// all_gather as a ring of MPI_Isend/MPI_Irecv, see post_ring_step) and driven to completion with
-// MPI_Test. Collectives on one communicator thus start and complete in issue order, on every
-// rank; collectives on different communicators progress independently.
+// all_gather, and all_reduce from kRingAllReduceMinBytes, as rings of MPI_Isend/MPI_Irecv, see
+// post_ring_step and post_ring_all_reduce_step) and driven to completion with MPI_Test. Collectives
+// on one communicator thus start and complete in issue order, on every rank; collectives on
+// different communicators progress independently.
 //
 // Who drives. "Driving" (starting the next queued collective, testing the one in flight) is done
 // under drive_mu_ by whichever thread holds it: the progress thread while nobody waits, or a
@@ -32,13 +33,20 @@
 // sleeps between tests, 2, 4, 8 ... up to MpiPolling::sleep_us us, its timer slack cut to 1 us so
 // a sleep is what was asked for. Each wake-up preempts the compute thread briefly, which is what
 // keeps the collective moving during compute (yielding instead would leave it waiting a whole
-// scheduler slice, milliseconds); the cap of 100 us keeps those wake-ups to ~1% of the core
-// (20 us cost several %), and GradBuckets adds progress calls from the compute thread between
-// backward's ops. A driving waiter tests without sleeping (sched_yield between tests, for
+// scheduler slice, milliseconds). Most of a bucket's time in flight is spent waiting for the
+// slower rank to reach the same bucket, when polling is wasted; large all-reduces and all-gathers
+// therefore run as rings of point-to-point steps, and every completed step (the peers are active)
+// brings the naps back to 2 us. The cap trades CPU for progress: measured over `bench train` on
+// 2 ranks, the progress thread used ~25 ms of CPU per step with 100 us (the copies and the
+// reduction included, ~10 ms), ~20 ms with 500 us or 1 ms, but those left buckets in flight longer
+// (8-16% of the step exposed against 2-3%); 20 us, before the rings, cost ~90 ms. GradBuckets adds
+// progress calls from the compute thread between backward's ops, and the final wait drives at
+// full speed. A driving waiter tests without sleeping (sched_yield between tests, for
 // oversubscribed runs): its thread has nothing else to do.
 //
-// World::init makes Open MPI's nonblocking all-reduce use Rabenseifner's algorithm (see
-// world.cpp): its default, a binomial tree for in-place calls, ran at ~45% of the blocking call.
+// All-reduces under kRingAllReduceMinBytes stay MPI_Iallreduce. World::init makes Open MPI's
+// nonblocking all-reduce use Rabenseifner's algorithm (see world.cpp): its default, a binomial
+// tree for in-place calls, ran at ~45% of the blocking call.
 //
 // Thread-level contract (MPI_THREAD_SERIALIZED, see World::init). Every MPI call made by this
 // file's code holds mpi_call_mutex(), so the progress threads of several communicators (dp and
@@ -68,6 +76,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "dist/communicator.h"
 
@@ -127,6 +136,7 @@ class MpiCommunicator final : public Communicator {
   Work all_gather(const Tensor& in, Tensor& out) override;
   Work broadcast(Tensor& buf, int root) override;
   Work barrier() override;
+  double progress_cpu_seconds() const override;
 
   // The duplicated communicator, for raw MPI calls (under the contract above).
   MPI_Comm comm() const { return comm_; }
@@ -140,11 +150,13 @@ class MpiCommunicator final : public Communicator {
     int count = 0;   // elements: all_reduce/broadcast: of out; reduce_scatter/all_gather: per rank
     MPI_Datatype dtype = MPI_DATATYPE_NULL;
     MPI_Op op = MPI_OP_NULL;
+    ReduceOp reduce = ReduceOp::sum;  // all_reduce on the ring: applied here, not by MPI
     int root = 0;
     bool in_place = false;  // all_gather: `in` is this rank's chunk of `out`
+    bool ring = false;      // all_reduce: as a ring (ring_all_reduce_step), not MPI_Iallreduce
     std::shared_ptr<Work::State> state;
   };
-  // The collective in flight: its requests, and for all_gather the ring step they belong to.
+  // The collective in flight: its requests, and for the rings the step they belong to.
   struct Active {
     Op op;
     bool started = false;
@@ -162,18 +174,23 @@ class MpiCommunicator final : public Communicator {
   void start(Active& a);
   bool test_active(Active& a);  // true once `a` has completed (all ring steps)
   void post_ring_step(Active& a);
+  void post_ring_all_reduce_step(Active& a);
+  void reduce_received(Active& a);
   void finish(std::exception_ptr error);
   // Work::wait() and Work::test() on a collective of this communicator (see "Who drives").
   void drive_until_done(const Work::State& state);
   bool try_drive(const Work::State& state);
-  static constexpr int kRingTag = 0x6d68;  // point-to-point messages of the all_gather ring
+  static constexpr int kRingTag = 0x6d68;  // point-to-point messages of the rings
+  // From this size on all_reduce runs as a ring; below, the ring's 2(size - 1) latencies would
+  // cost more than MPI's log2(size) (scalars, token counts).
+  static constexpr int64_t kRingAllReduceMinBytes = 256 << 10;
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::string name_;
   MpiPolling polling_;
   int rank_ = 0, size_ = 1;
 
-  std::mutex queue_mu_;  // guards queue_, pending_, drivers_, stop_, thread_ start
+  mutable std::mutex queue_mu_;  // guards queue_, pending_, drivers_, stop_, thread_ start
   std::condition_variable queue_cv_;
   std::deque<Op> queue_;
   int pending_ = 0;        // issued, not yet complete (queued or in flight)
@@ -182,9 +199,11 @@ class MpiCommunicator final : public Communicator {
   bool stop_ = false;
   std::thread thread_;
 
-  std::mutex drive_mu_;           // held by whoever drives; guards what follows
-  std::optional<Active> active_;  // the collective in flight
-  std::string failure_;           // the first failure; later collectives fail too
+  std::mutex drive_mu_;              // held by whoever drives; guards what follows
+  std::optional<Active> active_;     // the collective in flight
+  uint64_t progress_ = 0;            // counts starts, ring steps and completions (polling resets)
+  std::vector<std::byte> ring_tmp_;  // ring all-reduce: the chunk being received
+  std::string failure_;              // the first failure; later collectives fail too
 };
 
 }  // namespace mh

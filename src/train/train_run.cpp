@@ -59,7 +59,10 @@ void prepare_out_dir(const Config& cfg) {
 std::string show(const ToyTask* toy, const std::vector<int32_t>& ids) {
   if (toy) return toy->vocab().decode(ids);
   std::string s;
-  for (int32_t id : ids) s += (s.empty() ? "" : " ") + std::to_string(id);
+  for (int32_t id : ids) {
+    if (!s.empty()) s += ' ';
+    s += std::to_string(id);
+  }
   return s;
 }
 

@@ -12,6 +12,10 @@
 #     measures it: N single-rank processes pinned to N cores at the same time, without MPI and
 #     without any communication. Its tokens/s is the ceiling for N ranks here; the last column
 #     compares the data-parallel rows with it.
+# The efficiencies are medians of per-round ratios (each round's N-rank tokens/s over N x that
+# round's 1-rank tokens/s), the other columns medians of the rounds. "progress-thread CPU ms" is
+# the CPU time per step of the MPI progress threads (bench train's progress_cpu_ms), which on a
+# CPU is taken from the compute thread on the same core: the price of overlapping.
 # Prints a Markdown table for docs/perf/ddp.md.
 # Usage: tools/bench/ddp_scaling.sh [build/multihead] [ranks=2] [steps=10] [reps=3]
 set -euo pipefail
@@ -32,18 +36,20 @@ field() { sed -n "s/.*\"$1\": *\([0-9.]*\).*/\1/p"; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 
-# Per configuration, one line per round: step_ms compute_ms comm_ms exposed_ms tokens_per_s
+# Per configuration, one line per round:
+#   step_ms compute_ms comm_ms exposed_ms tokens_per_s progress_cpu_ms
 record() {  # name json...
   local name=$1; shift
-  local ms=0 c=0 a=0 e=0 t=0 j
+  local ms=0 c=0 a=0 e=0 t=0 p=0 j
   for j in "$@"; do  # several jsons (independent processes): mean times, summed tokens/s
     ms=$(echo "$ms + $(echo "$j" | field step_ms)" | bc -l)
     c=$(echo "$c + $(echo "$j" | field compute_ms)" | bc -l)
     a=$(echo "$a + $(echo "$j" | field comm_ms)" | bc -l)
     e=$(echo "$e + $(echo "$j" | field exposed_comm_ms)" | bc -l)
     t=$(echo "$t + $(echo "$j" | field tokens_per_s)" | bc -l)
+    p=$(echo "$p + $(echo "$j" | field progress_cpu_ms)" | bc -l)
   done
-  echo "$(echo "$ms / $#; $c / $#; $a / $#; $e / $#; $t" | bc -l | tr '\n' ' ')" >> "$tmp/$name"
+  echo "$(echo "$ms / $#; $c / $#; $a / $#; $e / $#; $t; $p / $#" | bc -l | tr '\n' ' ')" >> "$tmp/$name"
 }
 for ((r = 1; r <= reps; ++r)); do
   echo "ddp_scaling.sh: round $r of $reps" >&2
@@ -62,14 +68,15 @@ median() { awk -v c="$2" '{print $c}' "$tmp/$1" | sort -g | awk '{v[NR]=$1} END 
 t1=$(median solo 5); tind=$(median indep 5)
 echo "$(date -u +%Y-%m-%d), $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load average before: $load_before; median of $reps interleaved rounds of $steps steps"
 echo
-echo "| ranks x threads | overlap | ms/step | compute ms | all-reduce ms | exposed ms (% of step) | tokens/s | weak-scaling efficiency | vs $ranks independent |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| ranks x threads | overlap | ms/step | compute ms | all-reduce ms | exposed ms (% of step) | progress-thread CPU ms | tokens/s | weak-scaling efficiency | vs $ranks independent |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 row() {  # label overlap name n
-  local ms c a e t
+  local ms c a e t p
   ms=$(median "$3" 1); c=$(median "$3" 2); a=$(median "$3" 3); e=$(median "$3" 4); t=$(median "$3" 5)
-  printf '| %s | %s | %.0f | %.0f | %.1f | %.1f (%.1f%%) | %.0f | %.1f%% | %s |\n' "$1" "$2" "$ms" "$c" "$a" \
-    "$e" "$(echo "100 * $e / $ms" | bc -l)" "$t" "$(echo "100 * $t / ($4 * $t1)" | bc -l)" \
-    "$([ "$3" = solo ] && echo - || printf '%.1f%%' "$(echo "100 * $t / $tind" | bc -l)")"
+  p=$(median "$3" 6)
+  printf '| %s | %s | %.0f | %.0f | %.1f | %.1f (%.1f%%) | %.1f | %.0f | %.1f%% | %s |\n' "$1" "$2" "$ms" "$c" \
+    "$a" "$e" "$(echo "100 * $e / $ms" | bc -l)" "$p" "$t" "$(ratio "$3" solo "$4")" \
+    "$([ "$3" = solo ] && echo - || printf '%.1f%%' "$(ratio "$3" indep 1)")"
 }
 row "1 x 1" "-" solo 1
 row "$ranks independent, no MPI" "-" indep "$ranks"
