@@ -64,8 +64,12 @@ for ((r = 1; r <= reps; ++r)); do
 done
 
 # Median of column $2 (1-based) of file $1.
-median() { awk -v c="$2" '{print $c}' "$tmp/$1" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
-t1=$(median solo 5); tind=$(median indep 5)
+median() { awk -v c="$2" '{print $c}' "$tmp/$1" | med; }
+# Median of the numbers on stdin.
+med() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+# Median over rounds of 100 x tokens/s of $1 / ($3 x tokens/s of $2) in the same round: the rounds
+# are interleaved, so a slow spell of the host hits both sides of each ratio.
+ratio() { paste -d' ' "$tmp/$1" "$tmp/$2" | awk -v n="$3" '{k = NF / 2; print 100 * $5 / (n * $(k + 5))}' | med; }
 echo "$(date -u +%Y-%m-%d), $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load average before: $load_before; median of $reps interleaved rounds of $steps steps"
 echo
 echo "| ranks x threads | overlap | ms/step | compute ms | all-reduce ms | exposed ms (% of step) | progress-thread CPU ms | tokens/s | weak-scaling efficiency | vs $ranks independent |"
