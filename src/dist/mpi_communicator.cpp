@@ -513,7 +513,6 @@ void MpiCommunicator::post_ring_step(Active& a) {
 void MpiCommunicator::finish(std::exception_ptr error) {
   std::shared_ptr<Work::State> state = std::move(active_->op.state);
   active_.reset();  // releases the buffers before a waiter can see completion
-  if (ring_tmp_.capacity() > (size_t{64} << 20)) std::vector<std::byte>().swap(ring_tmp_);
   state->complete(std::move(error));
   std::lock_guard<std::mutex> lock(queue_mu_);
   --pending_;

@@ -199,11 +199,13 @@ class MpiCommunicator final : public Communicator {
   bool stop_ = false;
   std::thread thread_;
 
-  std::mutex drive_mu_;              // held by whoever drives; guards what follows
-  std::optional<Active> active_;     // the collective in flight
-  uint64_t progress_ = 0;            // counts starts, ring steps and completions (polling resets)
-  std::vector<std::byte> ring_tmp_;  // ring all-reduce: the chunk being received
-  std::string failure_;              // the first failure; later collectives fail too
+  std::mutex drive_mu_;           // held by whoever drives; guards what follows
+  std::optional<Active> active_;  // the collective in flight
+  uint64_t progress_ = 0;         // counts starts, ring steps and completions (polling resets)
+  // Ring all-reduce: the chunk being received. Kept (its largest size: 1/size of the largest
+  // buffer) rather than faulted in again for every collective.
+  std::vector<std::byte> ring_tmp_;
+  std::string failure_;  // the first failure; later collectives fail too
 };
 
 }  // namespace mh
