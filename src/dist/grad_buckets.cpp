@@ -45,7 +45,6 @@ void GradBuckets::begin() {
   }
   std::fill(ready_.begin(), ready_.end(), false);
   next_launch_ = 0;
-  next_done_ = 0;
 }
 
 void GradBuckets::mark_ready(Param& p) {
@@ -56,12 +55,7 @@ void GradBuckets::mark_ready(Param& p) {
   MH_CHECK(!ready_[k], "gradient of ", p.name, " reported twice in one step");
   ready_[k] = true;
   --buckets_[static_cast<size_t>(bucket_of_[k])].pending;
-  if (!overlap_) return;
-  launch_ready_in_order();
-  // A progress call between backward's ops: the oldest bucket in flight moves on here, on the
-  // compute thread, instead of only at the communication side's next wake-up.
-  while (next_done_ < next_launch_ && buckets_[static_cast<size_t>(next_done_)].work.test())
-    ++next_done_;
+  if (overlap_) launch_ready_in_order();
 }
 
 void GradBuckets::launch_ready_in_order() {

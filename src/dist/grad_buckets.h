@@ -11,10 +11,6 @@
 //   grads:   [ out_proj | dec.L-1 ... dec.0 | enc.L-1 ... enc.0 | embed ]   (reverse forward order)
 //   buckets: [ bucket 0 ][ bucket 1 ] ... [ bucket k ]                      (~bucket_mb each)
 //
-// Each report also tests the oldest bucket in flight: a progress call on the compute thread (an
-// MPI_Test with MPI; an event query with NCCL), so buckets move on between backward's ops and not
-// only when the communicator's progress thread wakes up.
-//
 // With overlap off, nothing starts during backward; finish() launches every bucket and waits.
 #pragma once
 
@@ -69,7 +65,6 @@ class GradBuckets {
   std::vector<Param*> params_;  // forward order
   std::vector<bool> ready_;     // by param index
   int next_launch_ = 0;
-  int next_done_ = 0;  // buckets before it have completed
 };
 
 }  // namespace mh

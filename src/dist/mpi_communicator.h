@@ -37,11 +37,12 @@
 // slower rank to reach the same bucket, when polling is wasted; large all-reduces and all-gathers
 // therefore run as rings of point-to-point steps, and every completed step (the peers are active)
 // brings the naps back to 2 us. The cap trades CPU for progress: measured over `bench train` on
-// 2 ranks, the progress thread used ~25 ms of CPU per step with 100 us (the copies and the
+// 2 ranks, the progress thread used ~20-25 ms of CPU per step with 100 us (the copies and the
 // reduction included, ~10 ms), ~20 ms with 500 us or 1 ms, but those left buckets in flight longer
-// (8-16% of the step exposed against 2-3%); 20 us, before the rings, cost ~90 ms. GradBuckets adds
-// progress calls from the compute thread between backward's ops, and the final wait drives at
-// full speed. A driving waiter tests without sleeping (sched_yield between tests, for
+// (8-16% of the step exposed against 2-3%); 20 us, before the rings, cost ~90 ms. (Progress
+// calls from the compute thread, a test() of the oldest bucket at every gradient report, made
+// training slower in 5 of 5 paired runs, by 3-11% and once 35%; not kept.) The final wait drives
+// at full speed. A driving waiter tests without sleeping (sched_yield between tests, for
 // oversubscribed runs): its thread has nothing else to do.
 //
 // All-reduces under kRingAllReduceMinBytes stay MPI_Iallreduce. World::init makes Open MPI's
