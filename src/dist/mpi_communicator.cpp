@@ -448,12 +448,18 @@ void MpiCommunicator::post_ring_all_reduce_step(Active& a) {
     ring_tmp_.resize(static_cast<size_t>(re - rb) * esize);
     recv = ring_tmp_.data();
   }
-  const int right = (rank_ + 1) % n, left = (rank_ + n - 1) % n;
+  post_ring_exchange(a, recv, static_cast<int>(re - rb), out + sb * static_cast<int64_t>(esize),
+                     static_cast<int>(se - sb));
+}
+
+// One ring step's messages: `rcount` elements from rank - 1 into `recv`, `scount` from `send` to
+// rank + 1.
+void MpiCommunicator::post_ring_exchange(Active& a, void* recv, int rcount, const void* send,
+                                         int scount) {
+  const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
   std::lock_guard<std::mutex> lock(mpi_call_mutex());
-  MH_MPI_CHECK(
-      MPI_Irecv(recv, static_cast<int>(re - rb), op.dtype, left, kRingTag, comm_, &a.reqs[0]));
-  MH_MPI_CHECK(MPI_Isend(out + sb * static_cast<int64_t>(esize), static_cast<int>(se - sb),
-                         op.dtype, right, kRingTag, comm_, &a.reqs[1]));
+  MH_MPI_CHECK(MPI_Irecv(recv, rcount, a.op.dtype, left, kRingTag, comm_, &a.reqs[0]));
+  MH_MPI_CHECK(MPI_Isend(send, scount, a.op.dtype, right, kRingTag, comm_, &a.reqs[1]));
   a.nreqs = 2;
 }
 
@@ -492,18 +498,11 @@ void MpiCommunicator::post_ring_step(Active& a) {
   Op& op = a.op;
   const size_t chunk_bytes = static_cast<size_t>(op.count) * dtype_size(op.out.dtype());
   auto* out = static_cast<std::byte*>(op.out.raw());
-  const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
   const int send_chunk = (rank_ + size_ - a.step) % size_;
   const int recv_chunk = (rank_ + size_ - a.step - 1) % size_;
   const bool first = a.step == 0;
   const void* send = first && !op.in_place ? op.in.raw() : out + send_chunk * chunk_bytes;
-  {
-    std::lock_guard<std::mutex> lock(mpi_call_mutex());
-    MH_MPI_CHECK(MPI_Irecv(out + recv_chunk * chunk_bytes, op.count, op.dtype, left, kRingTag,
-                           comm_, &a.reqs[0]));
-    MH_MPI_CHECK(MPI_Isend(send, op.count, op.dtype, right, kRingTag, comm_, &a.reqs[1]));
-  }
-  a.nreqs = 2;
+  post_ring_exchange(a, out + recv_chunk * chunk_bytes, op.count, send, op.count);
   // This rank's own chunk, copied while the first messages are on their way.
   if (first && !op.in_place && chunk_bytes > 0)
     std::memcpy(out + rank_ * chunk_bytes, op.in.raw(), chunk_bytes);

@@ -176,6 +176,7 @@ class MpiCommunicator final : public Communicator {
   bool test_active(Active& a);  // true once `a` has completed (all ring steps)
   void post_ring_step(Active& a);
   void post_ring_all_reduce_step(Active& a);
+  void post_ring_exchange(Active& a, void* recv, int rcount, const void* send, int scount);
   void reduce_received(Active& a);
   void finish(std::exception_ptr error);
   // Work::wait() and Work::test() on a collective of this communicator (see "Who drives").
