@@ -319,28 +319,28 @@ inline void wgmma_wait() {
 template <int R>
 inline void fence_regs(float (&)[R]) {}
 
+// The fields both wgmma forms share: B's descriptor, shape, transpose, scale-d, type, D.
 template <typename T, int N, int TB>
-inline void wgmma_ss(float (&d)[N / 2], uint64_t a_desc, uint64_t b_desc, int scale_d) {
+inline std::unique_ptr<emu::WgmmaOp> wgmma_op(float (&d)[N / 2], uint64_t b_desc, int scale_d) {
   auto op = std::make_unique<emu::WgmmaOp>();
-  op->a_desc = a_desc;
   op->b_desc = b_desc;
   op->n = N;
   op->trans_b = TB;
   op->scale_d = scale_d;
   op->bf16 = std::is_same_v<T, __nv_bfloat16>;
   op->d = d;
+  return op;
+}
+template <typename T, int N, int TB>
+inline void wgmma_ss(float (&d)[N / 2], uint64_t a_desc, uint64_t b_desc, int scale_d) {
+  auto op = wgmma_op<T, N, TB>(d, b_desc, scale_d);
+  op->a_desc = a_desc;
   emu::wgmma_issue(std::move(op), nullptr);
 }
 template <typename T, int N, int TB>
 inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b_desc, int scale_d) {
-  auto op = std::make_unique<emu::WgmmaOp>();
+  auto op = wgmma_op<T, N, TB>(d, b_desc, scale_d);
   op->a_in_regs = true;
-  op->b_desc = b_desc;
-  op->n = N;
-  op->trans_b = TB;
-  op->scale_d = scale_d;
-  op->bf16 = std::is_same_v<T, __nv_bfloat16>;
-  op->d = d;
   emu::wgmma_issue(std::move(op), a);
 }
 

@@ -81,7 +81,7 @@ int device_major() {
 }
 }  // namespace
 
-bool flash_supports(const AttnProblem& p, std::string* why) {
+bool flash_shape_supported(const AttnProblem& p, std::string* why) {
   auto no = [&](std::string reason) {
     if (why) *why = std::move(reason);
     return false;
@@ -90,7 +90,15 @@ bool flash_supports(const AttnProblem& p, std::string* why) {
     return no(std::string("computes in bf16/fp16, not ") + dtype_name(p.dtype));
   if (p.head_dim != 64 && p.head_dim != 128)
     return no("supports head_dim 64 and 128, not " + std::to_string(p.head_dim));
-  if (device_major() < 8) return no("needs an sm_80 or newer GPU (mma.sync bf16)");
+  return true;
+}
+
+bool flash_supports(const AttnProblem& p, std::string* why) {
+  if (!flash_shape_supported(p, why)) return false;
+  if (device_major() < 8) {
+    if (why) *why = "needs an sm_80 or newer GPU (mma.sync bf16)";
+    return false;
+  }
   return true;
 }
 

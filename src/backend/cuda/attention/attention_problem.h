@@ -75,6 +75,9 @@ void set_smem_limit_once(K* kernel, int bytes) {
 void check_attn_problem(const AttnProblem& p, const char* who);
 
 // --- the custom kernels (flash_fwd.cu, flash_bwd.cu) -------------------------------------------
+// What every flash kernel here computes, whatever the GPU: BF16/F16, head_dim 64 or 128; if not,
+// why. flash_supports and flash_sm90_supports add their device requirements to it.
+bool flash_shape_supported(const AttnProblem& p, std::string* why);
 // Whether the custom kernels handle this problem (head_dim 64 or 128, BF16/F16); if not, why.
 bool flash_supports(const AttnProblem& p, std::string* why);
 void flash_attention_fwd(const AttnProblem& p, const AttnFwdIO& io, cudaStream_t s);

@@ -119,10 +119,7 @@ bool flash_sm90_supports(const AttnProblem& p, std::string* why) {
     if (why) *why = std::move(reason);
     return false;
   };
-  if (p.dtype != DType::bf16 && p.dtype != DType::f16)
-    return no(std::string("computes in bf16/fp16, not ") + dtype_name(p.dtype));
-  if (p.head_dim != 64 && p.head_dim != 128)
-    return no("supports head_dim 64 and 128, not " + std::to_string(p.head_dim));
+  if (!flash_shape_supported(p, why)) return false;
   if (p.total_q >= (int64_t{1} << 31) || p.total_k >= (int64_t{1} << 31))
     return no("TMA coordinates are 32-bit: at most 2^31 - 1 token rows");
   if (const int cc = device_cc(); cc != 90)
