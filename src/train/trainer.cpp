@@ -141,8 +141,8 @@ EvalResult Trainer::evaluate(const std::vector<Batch>& batches) {
   XentResult sum;
   for (const Batch& b : batches) {
     Tensor logits = model_->forward(ctx, b.input);
-    XentResult x = be_.softmax_xent(logits, b.labels, cfg_.model.pad_id, cfg_.train.label_smoothing,
-                                    1.0, nullptr);
+    XentResult x = be_.softmax_xent(logits, be_.to_device(b.labels), cfg_.model.pad_id,
+                                    cfg_.train.label_smoothing, 1.0, nullptr);
     sum.loss_sum += x.loss_sum;
     sum.nll_sum += x.nll_sum;
     sum.tokens += x.tokens;

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/attention_given_output.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_common.h"
 #include "backend/cuda/attention/attention_problem.h"
@@ -186,6 +187,15 @@ inline Outputs run_cpu(const AttnArgs& a, const Inputs& in) {
   AttnSaved saved;
   cpu().attention_fwd(a, in.q, in.k, in.v, r.o, saved);
   cpu().attention_bwd(a, in.dout, in.q, in.k, in.v, saved, r.dq, r.dk, r.dv);
+  return r;
+}
+
+// `ref` with dQ and dK for the O that a fused backward read (o_used, the forward's rounded output)
+// in place of the exact one: what that backward computes exactly (attention_given_output.h).
+inline Outputs reference_given_output(const AttnArgs& a, const Inputs& in, const Outputs& ref,
+                                      const Tensor& o_used) {
+  Outputs r{ref.o, ref.lse, ref.dq.clone(), ref.dk.clone(), ref.dv};
+  correct_for_stored_output(a, in.q, in.k, in.v, in.dout, ref.o, o_used, r.dq, r.dk);
   return r;
 }
 

@@ -206,7 +206,8 @@ MHENV=(env LD_LIBRARY_PATH="$LD_OURS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   OPAL_PREFIX="$RT/${OMPI_PREFIX_REL:-ompi}"
   OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
   OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_ALLOW_RUN_AS_ROOT=1
-  OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1)
+  OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  PMIX_MCA_pcompress_base_silence_warning=1)
 [[ -n "${PMIX_REL:-}" ]] && MHENV+=(PMIX_INSTALL_PREFIX="$RT/$PMIX_REL" PMIX_MCA_mca_base_component_show_load_errors=0)
 MH="$BUILD/multihead"
 MPIRUN="$RT/${OMPI_BINDIR_REL:-ompi/bin}/mpirun"
