@@ -73,6 +73,7 @@ struct Thread {
   int tid = 0;
   Block* block = nullptr;
   std::vector<PendingCopy> pending;
+  std::vector<size_t> groups;  // pending.size() at each cp.async.commit_group, oldest first
 };
 
 inline thread_local Thread self;
@@ -190,15 +191,35 @@ inline void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
 inline void cp_async16(void* smem, const void* gmem, bool valid) {
   emu::self.pending.push_back({smem, gmem, valid});
 }
-inline void cp_async_commit() {}
-inline void cp_async_wait_all() {
-  for (const emu::PendingCopy& c : emu::self.pending) {
+inline void cp_async_commit() {
+  emu::self.groups.push_back(emu::self.pending.size());
+}
+// Completes the first n pending copies, in issue order.
+inline void cp_async_complete(size_t n) {
+  std::vector<emu::PendingCopy>& pending = emu::self.pending;
+  for (size_t i = 0; i < n; ++i) {
+    const emu::PendingCopy& c = pending[i];
     if (c.valid)
       std::memcpy(c.dst, c.src, 16);
     else
       std::memset(c.dst, 0, 16);
   }
-  emu::self.pending.clear();
+  pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(n));
+}
+inline void cp_async_wait_all() {
+  cp_async_complete(emu::self.pending.size());
+  emu::self.groups.clear();
+}
+// PTX cp.async.wait_group N: all but the N most recent committed groups complete (copies not yet
+// committed need not).
+template <int N>
+inline void cp_async_wait_group() {
+  std::vector<size_t>& groups = emu::self.groups;
+  if (groups.size() <= static_cast<size_t>(N)) return;
+  const size_t done = groups[groups.size() - 1 - N];
+  cp_async_complete(done);
+  groups.erase(groups.begin(), groups.end() - N);
+  for (size_t& g : groups) g -= done;
 }
 
 // Runs `kernel()` as a grid of blocks, one block at a time, each with `threads` host threads.
@@ -217,7 +238,7 @@ inline void emu_launch(int gx, int gy, int gz, int threads, size_t smem_bytes,
         ts.reserve(static_cast<size_t>(threads));
         for (int t = 0; t < threads; ++t)
           ts.emplace_back([&block, t, &kernel] {
-            emu::self = emu::Thread{t, &block, {}};
+            emu::self = emu::Thread{t, &block, {}, {}};
             kernel();
           });
         for (std::thread& t : ts) t.join();

@@ -10,15 +10,19 @@
 //                 where Z is the dropout mask scaled by 1/(1-p) (all ones without dropout).
 //                 Each warp owns 16 keys, so Pᵀ and dSᵀ stay in registers for dV and dK; dS goes
 //                 through shared memory once, for dQ, whose rows span all four warps' keys.
+//                 The query blocks are software-pipelined: block m + 1's Q and dO (cp.async, two
+//                 shared buffers) and its lse and D (registers) load while block m is computed.
 //   3. convert:   dQ = the fp32 accumulator, rounded to bf16/fp16.
 // D = rowsum(dO ∘ O) equals rowsum(dP∘Z ∘ P) also with dropout, since O = (P∘Z) V.
 // Problem, layouts, masks and dropout bits: attention_problem.h.
 //
 // Resources of flash_bwd (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads:
-//   head_dim 64  (kBM 64): 246 registers (sm_90a), 255 (sm_80), no spills; 40.5 KiB shared
-//   head_dim 128 (kBM 32): 255 registers, 8 B (sm_90a) / 4 B (sm_80) spilled; 52.25 KiB shared
-// Register pressure (dK and dV accumulators for 16 keys × D per warp) is what to tune first once
-// a GPU has timed it: e.g. 8 warps per 64 keys at head_dim 128, or dQ via a separate pass.
+//   head_dim 64  (kBM 64): 254 registers (sm_90a), 255 (sm_80), no spills; 57 KiB shared
+//   head_dim 128 (kBM 32): 251 registers (sm_90a), no spills; 255 and 4 B spilled (sm_80);
+//                          68.5 KiB shared
+// Two blocks (8 warps) per SM, as FlashAttention-2's one block of 8 warps. On an H200 the version
+// without the pipeline ran at 82–88 TFLOP/s (head_dim 64, bf16, L 1024–4096), a third of
+// PyTorch's flash backward (docs/perf/attention.md); this one has not been timed on a GPU yet.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -50,8 +50,10 @@ inline BwdParams<T> bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float
 }
 template <typename T, int D, int BN = kBwdBN, int BM = kBwdBMOf<D>>
 constexpr int bwd_smem_bytes() {
-  return (2 * BN * D + 2 * BM * D + BN * BM) * static_cast<int>(sizeof(T)) +
-         2 * BM * static_cast<int>(sizeof(float));
+  // K, V; Q and dO twice (the query block computed on and the next one, loading); dSᵀ; lse and D
+  // twice.
+  return (2 * BN * D + 4 * BM * D + BN * BM) * static_cast<int>(sizeof(T)) +
+         4 * BM * static_cast<int>(sizeof(float));
 }
 
 // --- 2. the main kernel --------------------------------------------------------------------------
@@ -59,16 +61,17 @@ template <typename T, int D, int BN = kBwdBN, int BM = kBwdBMOf<D>>
 MH_FLASH_KERNEL(bwd_threads(BN))
 flash_bwd_kernel(const BwdParams<T> p) {
   constexpr int kBM = BM, kThreads = bwd_threads(BN), kWarps = BN / 16;
-  // dQ's tile (kBM × D) is split over the warps: kBM / 16 row groups × the rest over D.
+  // dQ's tile (kBM × D) is split over the warps: kBM / 16 row groups × the rest over D (so there
+  // are at least 2·kBM threads: one per query row loads its lse and D).
   static_assert(BN % 16 == 0 && BM % 16 == 0 && kWarps % (BM / 16) == 0, "tile sizes");
   MH_FLASH_SMEM(smem_raw);
-  T* sK = reinterpret_cast<T*>(smem_raw);                  // [BN][D]
-  T* sV = sK + BN * D;                                     // [BN][D]
-  T* sQ = sV + BN * D;                                     // [kBM][D]
-  T* sdO = sQ + kBM * D;                                   // [kBM][D]
-  T* sdS = sdO + kBM * D;                                  // [BN][kBM]: dSᵀ, keys × queries
-  float* sLse = reinterpret_cast<float*>(sdS + BN * kBM);  // [kBM], base 2
-  float* sDsum = sLse + kBM;                               // [kBM]
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [BN][D]
+  T* sV = sK + BN * D;                     // [BN][D]
+  T* sQ2 = sV + BN * D;                    // 2 × [kBM][D]: buffers alternate by query block
+  T* sdO2 = sQ2 + 2 * kBM * D;             // 2 × [kBM][D]
+  T* sdS = sdO2 + 2 * kBM * D;             // [BN][kBM]: dSᵀ, keys × queries
+  float* sLse2 = reinterpret_cast<float*>(sdS + BN * kBM);  // 2 × [kBM], base 2
+  float* sDsum2 = sLse2 + 2 * kBM;                          // 2 × [kBM]
 
   const int b = block_z(), h = block_y(), n0 = block_x() * BN;
   const SeqRows sr = seq_rows(b, p.cu_q, p.cu_k, p.key_len, p.max_len_q, p.max_len_k);
@@ -97,20 +100,54 @@ flash_bwd_kernel(const BwdParams<T> p) {
     // Causal: query i sees key j only if j <= i, so query blocks before n0 see none of these.
     const int m_begin = p.causal ? (n0 / kBM) * kBM : 0;
     const int key_lo = n0 + warp * 16 + g, key_hi = key_lo + 8;  // this lane's two keys
-    for (int m0 = m_begin; m0 < sr.len_q; m0 += kBM) {
-      const T* qg = p.q + (sr.q0 + m0) * rs + h * D;
-      const T* dog = p.dout + (sr.q0 + m0) * rs + h * D;
+    // Query block m0's Q and dO into buffer `buf` (cp.async, one group); its lse and D are read
+    // into registers by one thread per row, stored to shared memory by store_stats.
+    auto load_q_block = [&](int m0, int buf) {
       const int q_here = imin(kBM, sr.len_q - m0);
-      load_tile<kBM, D, kThreads>(sQ, qg, rs, q_here, p.q, tid);
-      load_tile<kBM, D, kThreads>(sdO, dog, rs, q_here, p.dout, tid);
+      load_tile<kBM, D, kThreads>(sQ2 + buf * kBM * D, p.q + (sr.q0 + m0) * rs + h * D, rs, q_here,
+                                  p.q, tid);
+      load_tile<kBM, D, kThreads>(sdO2 + buf * kBM * D, p.dout + (sr.q0 + m0) * rs + h * D, rs,
+                                  q_here, p.dout, tid);
       cp_async_commit();
-      for (int i = tid; i < kBM; i += kThreads) {
-        const int64_t at = h * p.total_q + sr.q0 + m0 + i;
-        sLse[i] = i < q_here ? p.lse[at] * kLog2e : INFINITY;
-        sDsum[i] = i < q_here ? p.dsum[at] : 0.f;
+    };
+    float next_lse = INFINITY, next_dsum = 0.f;
+    auto read_stats = [&](int m0) {
+      const int64_t at = h * p.total_q + sr.q0 + m0 + tid;
+      const bool ok = tid < kBM && m0 + tid < sr.len_q;
+      next_lse = ok ? p.lse[at] * kLog2e : INFINITY;
+      next_dsum = ok ? p.dsum[at] : 0.f;
+    };
+    auto store_stats = [&](int buf) {
+      if (tid < kBM) {
+        sLse2[buf * kBM + tid] = next_lse;
+        sDsum2[buf * kBM + tid] = next_dsum;
       }
-      cp_async_wait_all();
+    };
+    if (m_begin < sr.len_q) {
+      load_q_block(m_begin, 0);
+      read_stats(m_begin);
+      store_stats(0);
+    }
+    // Software pipeline: while one query block is computed on, the next one's Q, dO, lse and D
+    // are on their way (the loads used to be waited for at every step, with 8 warps per SM to
+    // hide them).
+    for (int m0 = m_begin, it = 0; m0 < sr.len_q; m0 += kBM, ++it) {
+      const int cur = it & 1;
+      const bool more = m0 + kBM < sr.len_q;
+      if (more) {
+        // Buffer cur ^ 1 was last read in the previous step, which ended with a barrier.
+        load_q_block(m0 + kBM, cur ^ 1);
+        read_stats(m0 + kBM);
+        cp_async_wait_group<1>();  // everything but that prefetch: K, V and this block
+      } else {
+        cp_async_wait_all();
+      }
       block_sync();
+      const T* sQ = sQ2 + cur * kBM * D;
+      const T* sdO = sdO2 + cur * kBM * D;
+      const float* sLse = sLse2 + cur * kBM;
+      const float* sDsum = sDsum2 + cur * kBM;
+      const int q_here = imin(kBM, sr.len_q - m0);
 
       // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys × kBM queries per warp.
       float s[kBM / 8][4], dp[kBM / 8][4];
@@ -223,7 +260,8 @@ flash_bwd_kernel(const BwdParams<T> p) {
           atomic_add(dst + dt * 8 + 1, dq[dt][2 * r + 1]);
         }
       }
-      block_sync();  // sQ, sdO, sdS are overwritten by the next query block
+      if (more) store_stats(cur ^ 1);  // read by the next step, after its barrier
+      block_sync();  // the next step overwrites sdS, and the step after it this block's buffers
     }
   }
 
