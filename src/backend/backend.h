@@ -178,13 +178,18 @@ struct Backend {
     const Tensor* grad;
     Tensor* m;
     Tensor* v;
+    // Optional: receives the updated param rounded to its dtype (the bf16/fp16 weights the model
+    // computes with, beside fp32 master weights): one pass over memory instead of two.
+    Tensor* copy = nullptr;
   };
   virtual void adam_step_all(const std::vector<AdamSlot>& slots, double lr, double beta1,
                              double beta2, double eps, double weight_decay, int64_t step,
                              double grad_scale) {
-    for (const AdamSlot& s : slots)
+    for (const AdamSlot& s : slots) {
       adam_step(*s.param, *s.grad, *s.m, *s.v, lr, beta1, beta2, eps, weight_decay, step,
                 grad_scale);
+      if (s.copy) cast(*s.param, *s.copy);
+    }
   }
 };
 

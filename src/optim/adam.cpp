@@ -39,11 +39,10 @@ double Adam::step(double lr, double grad_scale) {
   std::vector<Backend::AdamSlot> slots;
   slots.reserve(params_.size());
   for (size_t i = 0; i < params_.size(); ++i)
-    slots.push_back({&master_[i], &params_[i]->grad, &m_[i], &v_[i]});
+    slots.push_back({&master_[i], &params_[i]->grad, &m_[i], &v_[i],
+                     master_[i].raw() != params_[i]->value.raw() ? &params_[i]->value : nullptr});
   be_.adam_step_all(slots, lr, cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay,
                     step_, grad_scale);
-  for (size_t i = 0; i < params_.size(); ++i)
-    if (master_[i].raw() != params_[i]->value.raw()) be_.cast(master_[i], params_[i]->value);
   return norm;
 }
 

@@ -289,6 +289,16 @@ TEST(CudaKernelsB, AdamMultiMatchesCpu) {
     return d;
   };
   Tensor pp = ptr_array(p_d), gp = ptr_array(g_d), mp = ptr_array(m_d), vp = ptr_array(v_d);
+  // fp16 copies of the updated params for the odd tensors (null for the even ones), poisoned.
+  std::vector<Tensor> copy_d(count);
+  std::vector<uint64_t> copy_raw(count, 0);
+  for (size_t t = 1; t < count; t += 2) {
+    copy_d[t] = dev_empty({sizes[t]}, DType::f16);
+    CK(cudaMemset(copy_d[t].raw(), 0xFF, copy_d[t].nbytes()));
+    copy_raw[t] = reinterpret_cast<uint64_t>(copy_d[t].raw());
+  }
+  Tensor copies = dev_empty({static_cast<int64_t>(count * 8)}, DType::u8);
+  CK(cudaMemcpy(copies.raw(), copy_raw.data(), count * 8, cudaMemcpyHostToDevice));
   Tensor sizes_d = dev_empty({static_cast<int64_t>(count * 8)}, DType::u8);
   CK(cudaMemcpy(sizes_d.raw(), sizes.data(), count * 8, cudaMemcpyHostToDevice));
   cuda::AdamTensorList list{static_cast<float**>(pp.raw()),
@@ -297,7 +307,9 @@ TEST(CudaKernelsB, AdamMultiMatchesCpu) {
                             static_cast<float**>(vp.raw()),
                             static_cast<const int64_t*>(sizes_d.raw()),
                             static_cast<int>(count),
-                            *std::max_element(sizes.begin(), sizes.end())};
+                            *std::max_element(sizes.begin(), sizes.end()),
+                            static_cast<void**>(copies.raw()),
+                            false};
   for (int64_t step = 1; step <= 3; ++step) {
     for (size_t t = 0; t < count; ++t) {
       auto g = randn(rng, sizes[t]);
@@ -312,6 +324,11 @@ TEST(CudaKernelsB, AdamMultiMatchesCpu) {
     EXPECT_LE(rel_err(download(p_d[t]), host_values(p_h[t])), 1e-5);
     EXPECT_LE(rel_err(download(m_d[t]), host_values(m_h[t])), 1e-5);
     EXPECT_LE(rel_err(download(v_d[t]), host_values(v_h[t])), 1e-5);
+    if (t % 2 == 1) {  // the copy: the final fp32 param rounded to fp16, exactly
+      const std::vector<float> p = download(p_d[t]), c = download(copy_d[t]);
+      for (size_t i = 0; i < p.size(); ++i)
+        ASSERT_EQ(c[i], __half2float(__float2half(p[i]))) << "copy " << i;
+    }
   }
 }
 

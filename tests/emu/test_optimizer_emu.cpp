@@ -65,10 +65,17 @@ TEST(OptimizerEmu, AdamMultiMatchesCpu) {
     v_ref.push_back(host_f32(v.back()));
   }
   std::vector<float*> pp, gp, mp, vp;
+  // bf16 copies of the updated params for tensors 0 and 2 (none for 1 and 3), poisoned.
+  std::vector<std::vector<__nv_bfloat16>> copy(count);
+  std::vector<void*> cp(count, nullptr);
   for (size_t t = 0; t < count; ++t) {
     pp.push_back(p[t].data());
     mp.push_back(m[t].data());
     vp.push_back(v[t].data());
+    if (t % 2 == 0) {
+      copy[t].assign(static_cast<size_t>(sizes[t]), __float2bfloat16(NAN));
+      cp[t] = copy[t].data();
+    }
   }
   for (int64_t step = 1; step <= 3; ++step) {
     gp.clear();
@@ -80,7 +87,8 @@ TEST(OptimizerEmu, AdamMultiMatchesCpu) {
     const AdamConsts c = adam_consts(lr, b1, b2, eps, wd, step, gs);
     const dim3 grid = adam_grid(static_cast<int>(count), sizes.back());
     emu::launch(dim_of(grid), {kAdamThreads}, [&] {
-      adam_multi_kernel(pp.data(), gp.data(), mp.data(), vp.data(), sizes.data(), c);
+      adam_multi_kernel(pp.data(), gp.data(), mp.data(), vp.data(), sizes.data(), cp.data(), true,
+                        c);
     });
   }
   for (size_t t = 0; t < count; ++t) {
@@ -88,6 +96,10 @@ TEST(OptimizerEmu, AdamMultiMatchesCpu) {
     EXPECT_LE(rel_err(p[t].data(), p_ref[t].data<float>(), sizes[t]), 1e-5);
     EXPECT_LE(rel_err(m[t].data(), m_ref[t].data<float>(), sizes[t]), 1e-5);
     EXPECT_LE(rel_err(v[t].data(), v_ref[t].data<float>(), sizes[t]), 1e-5);
+    for (int64_t i = 0; i < static_cast<int64_t>(copy[t].size()); ++i)  // the final p, rounded
+      ASSERT_EQ(__bfloat162float(copy[t][static_cast<size_t>(i)]),
+                __bfloat162float(__float2bfloat16(p[t][static_cast<size_t>(i)])))
+          << "copy " << i;
   }
 }
 

@@ -197,10 +197,14 @@ double CudaBackend::sum_squares_all(const std::vector<const Tensor*>& xs) {
 void CudaBackend::adam_step_all(const std::vector<AdamSlot>& slots, double lr, double beta1,
                                 double beta2, double eps, double weight_decay, int64_t step,
                                 double grad_scale) {
-  // Layout of the device list: params*[n], grads*[n], m*[n], v*[n], sizes[n] (8 bytes each).
+  // Layout of the device list: params*[n], grads*[n], m*[n], v*[n], sizes[n], copies*[n] (8
+  // bytes each). Copies ride along in the kernel when they share one dtype (bf16 or fp16, as a
+  // model's compute weights do); any other is cast after it.
   const size_t n = slots.size();
-  std::vector<int64_t> list(5 * n);
+  std::vector<int64_t> list(6 * n, 0);
   int64_t max_size = 0, count = 0;
+  DType copy_dtype = DType::f32;  // f32: none yet
+  std::vector<const AdamSlot*> cast_after;
   for (const AdamSlot& s : slots) {
     MH_CHECK(s.param->dtype() == DType::f32 && s.grad->dtype() == DType::f32 &&
                  s.m->dtype() == DType::f32 && s.v->dtype() == DType::f32,
@@ -213,6 +217,16 @@ void CudaBackend::adam_step_all(const std::vector<AdamSlot>& slots, double lr, d
     for (int j = 0; j < 4; ++j)
       list[j * n + count] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(ptrs[j]));
     list[4 * n + count] = s.param->numel();
+    if (s.copy) {
+      MH_CHECK(s.copy->numel() == s.param->numel(), "adam_step_all: copy of ", s.copy->numel(),
+               " elements for a param of ", s.param->numel());
+      const DType t = s.copy->dtype();
+      if (copy_dtype == DType::f32 && (t == DType::bf16 || t == DType::f16)) copy_dtype = t;
+      if (t == copy_dtype)
+        list[5 * n + count] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(s.copy->raw()));
+      else
+        cast_after.push_back(&s);
+    }
     max_size = std::max(max_size, s.param->numel());
     ++count;
   }
@@ -232,7 +246,12 @@ void CudaBackend::adam_step_all(const std::vector<AdamSlot>& slots, double lr, d
                          dev + 4 * n,
                          static_cast<int>(count),
                          max_size};
+  if (copy_dtype != DType::f32) {
+    l.copies = reinterpret_cast<void**>(dev + 5 * n);
+    l.copies_bf16 = copy_dtype == DType::bf16;
+  }
   cuda::adam_multi(l, lr, beta1, beta2, eps, weight_decay, step, grad_scale, compute_);
+  for (const AdamSlot* s : cast_after) cast(*s->param, *s->copy);
 }
 
 void CudaBackend::adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr,

@@ -66,6 +66,10 @@ struct AdamTensorList {
   const int64_t* sizes;  // device array
   int count;
   int64_t max_size;
+  // Optional device array of [count] pointers (null entries allowed): the updated params rounded
+  // to bf16 (copies_bf16) or fp16, written in the same pass.
+  void** copies = nullptr;
+  bool copies_bf16 = true;
 };
 void adam_multi(const AdamTensorList& list, double lr, double beta1, double beta2, double eps,
                 double weight_decay, int64_t step, double grad_scale, cudaStream_t s);

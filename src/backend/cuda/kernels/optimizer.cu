@@ -6,7 +6,8 @@
 //     g = grad·grad_scale;  m = b1·m + (1−b1)·g;  v = b2·v + (1−b2)·g²        (m, v =)
 //     p −= (lr / bc1)·m / (sqrt(v)/sqrt(bc2) + eps) + lr·wd·p                 (p −=)
 //   with bc1 = 1 − b1^step, bc2 = 1 − b2^step: CpuBackend::adam_step's formula and operation order,
-//   in fp32 with the same host-computed constants.
+//   in fp32 with the same host-computed constants. Where copies[t] is set, the new p is also
+//   written there in bf16 or fp16 (the compute weights beside fp32 masters), in the same pass.
 // sum_squares: out [1] F64 (+=) Σ x² over x (F32 | BF16 | F16): fp32 per thread and per block,
 //   then one double atomicAdd per block. Non-finite inputs make the sum non-finite.
 #include <cuda_bf16.h>
@@ -42,7 +43,7 @@ void adam_multi(const AdamTensorList& list, double lr, double beta1, double beta
   const AdamConsts c = adam_consts(lr, beta1, beta2, eps, weight_decay, step, grad_scale);
   const dim3 grid = adam_grid(list.count, list.max_size);
   adam_multi_kernel<<<grid, kAdamThreads, 0, s>>>(list.params, list.grads, list.m, list.v,
-                                                  list.sizes, c);
+                                                  list.sizes, list.copies, list.copies_bf16, c);
   MH_CUDA_CHECK_LAUNCH();
 }
 

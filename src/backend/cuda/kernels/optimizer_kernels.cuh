@@ -33,8 +33,11 @@ __global__ void __launch_bounds__(kAdamThreads)
                       float* const* __restrict__ grads, float* const* __restrict__ ms,
                       float* const* __restrict__ vs,
                       const int64_t* __restrict__ sizes,  // [count]
+                      void* const* __restrict__ copies,   // [count] or null; entries may be null
+                      bool copies_bf16,                   // else fp16
                       AdamConsts c) {
   const int t = blockIdx.y;
+  void* const copy = copies ? copies[t] : nullptr;
   const int64_t size = sizes[t];
   float* __restrict__ p = params[t];
   const float* __restrict__ g = grads[t];
@@ -49,7 +52,15 @@ __global__ void __launch_bounds__(kAdamThreads)
     m[i] = mi;
     v[i] = vi;
     const float pi = p[i];
-    p[i] = pi - (c.step_size * mi / (sqrtf(vi) * c.inv_sqrt_bc2 + c.eps) + c.lr * c.wd * pi);
+    const float np =
+        pi - (c.step_size * mi / (sqrtf(vi) * c.inv_sqrt_bc2 + c.eps) + c.lr * c.wd * pi);
+    p[i] = np;
+    if (copy) {
+      if (copies_bf16)
+        static_cast<__nv_bfloat16*>(copy)[i] = from_f32<__nv_bfloat16>(np);
+      else
+        static_cast<__half*>(copy)[i] = from_f32<__half>(np);
+    }
   }
 }
 
