@@ -289,16 +289,14 @@ TEST(CudaKernelsB, AdamMultiMatchesCpu) {
     return d;
   };
   Tensor pp = ptr_array(p_d), gp = ptr_array(g_d), mp = ptr_array(m_d), vp = ptr_array(v_d);
-  // fp16 copies of the updated params for the odd tensors (null for the even ones), poisoned.
+  // fp16 copies of the updated params for the odd tensors, poisoned; the even ones' entries stay
+  // null (an empty Tensor's raw()).
   std::vector<Tensor> copy_d(count);
-  std::vector<uint64_t> copy_raw(count, 0);
   for (size_t t = 1; t < count; t += 2) {
     copy_d[t] = dev_empty({sizes[t]}, DType::f16);
     CK(cudaMemset(copy_d[t].raw(), 0xFF, copy_d[t].nbytes()));
-    copy_raw[t] = reinterpret_cast<uint64_t>(copy_d[t].raw());
   }
-  Tensor copies = dev_empty({static_cast<int64_t>(count * 8)}, DType::u8);
-  CK(cudaMemcpy(copies.raw(), copy_raw.data(), count * 8, cudaMemcpyHostToDevice));
+  Tensor copies = ptr_array(copy_d);
   Tensor sizes_d = dev_empty({static_cast<int64_t>(count * 8)}, DType::u8);
   CK(cudaMemcpy(sizes_d.raw(), sizes.data(), count * 8, cudaMemcpyHostToDevice));
   cuda::AdamTensorList list{static_cast<float**>(pp.raw()),
