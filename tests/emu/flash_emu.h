@@ -23,6 +23,8 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -236,12 +238,21 @@ inline void emu_launch(int gx, int gy, int gz, int threads, size_t smem_bytes,
         std::memset(block.smem.get(), 0x7f, block.smem_bytes);
         std::vector<std::thread> ts;
         ts.reserve(static_cast<size_t>(threads));
+        // A CUDA thread must not exit with cp.async copies into shared memory in flight: the
+        // next block on the SM may own that memory by the time they land.
+        std::atomic<int> exited_pending{0};
         for (int t = 0; t < threads; ++t)
-          ts.emplace_back([&block, t, &kernel] {
+          ts.emplace_back([&block, t, &kernel, &exited_pending] {
             emu::self = emu::Thread{t, &block, {}, {}};
             kernel();
+            if (!emu::self.pending.empty()) ++exited_pending;
           });
         for (std::thread& t : ts) t.join();
+        if (exited_pending > 0)
+          throw std::logic_error("emu_launch: " + std::to_string(exited_pending.load()) +
+                                 " threads of block (" + std::to_string(x) + ", " +
+                                 std::to_string(y) + ", " + std::to_string(z) +
+                                 ") exited with cp.async copies pending");
       }
 }
 

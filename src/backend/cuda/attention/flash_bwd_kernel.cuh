@@ -263,6 +263,9 @@ flash_bwd_kernel(const BwdParams<T> p) {
       if (more) store_stats(cur ^ 1);  // read by the next step, after its barrier
       block_sync();  // the next step overwrites sdS, and the step after it this block's buffers
     }
+    // Causal keys that no query sees ran no step: their K/V group is still in flight, and a
+    // block must not exit with copies into its shared memory pending. (A no-op otherwise.)
+    cp_async_wait_all();
   }
 
   // dK, dV for this warp's 16 keys (0 for keys no query saw, and for padding keys).
