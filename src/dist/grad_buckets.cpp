@@ -10,25 +10,18 @@ GradBuckets::GradBuckets(Backend& be, const std::vector<Param*>& params, Communi
     : comm_(comm), overlap_(overlap), params_(params) {
   MH_CHECK(!params.empty(), "no parameters");
   const DType dtype = params.front()->grad.dtype();
-  int64_t total = 0;
-  for (Param* p : params) {
-    MH_CHECK(p->grad.dtype() == dtype, "mixed gradient dtypes");
-    total += p->grad.numel();
-  }
-  flat_ = be.zeros({total}, dtype);
+  // The buffer in reverse forward order: the first gradients backward produces open bucket 0.
+  flat_ = flatten_grads(be, std::vector<Param*>(params.rbegin(), params.rend()));
   const int64_t bucket_elems = std::max<int64_t>(
       1, static_cast<int64_t>(bucket_mb * 1024 * 1024) / static_cast<int64_t>(dtype_size(dtype)));
   bucket_of_.assign(params.size(), 0);
   ready_.assign(params.size(), false);
-  // Reverse forward order: the first gradients backward produces open the first bucket.
   int64_t offset = 0;
   for (size_t k = params.size(); k-- > 0;) {
     Param* p = params[k];
     if (buckets_.empty() || buckets_.back().end - buckets_.back().begin >= bucket_elems)
       buckets_.push_back(Bucket{offset, offset, {}, 0, false, {}});
-    const int64_t n = p->grad.numel();
-    p->grad = flat_.rows(offset, offset + n).view(p->grad.shape());
-    offset += n;
+    offset += p->grad.numel();
     Bucket& b = buckets_.back();
     b.end = offset;
     b.params.push_back(p);

@@ -30,7 +30,7 @@ struct BucketTiming {
 class GradBuckets {
  public:
   // params: in forward order (Transformer::for_each_param). Re-points every param.grad at its
-  // slot in the flat buffer (allocated here, zeroed).
+  // slot in the flat buffer (flatten_grads, reverse forward order; values kept).
   GradBuckets(Backend& be, const std::vector<Param*>& params, Communicator& comm, double bucket_mb,
               bool overlap);
 

@@ -10,6 +10,26 @@ Param make_param(Backend& be, std::string name, const Shape& shape, DType dtype)
   return p;
 }
 
+Tensor flatten_grads(Backend& be, const std::vector<Param*>& params) {
+  MH_CHECK(!params.empty(), "flatten_grads: no parameters");
+  const DType dtype = params.front()->grad.dtype();
+  int64_t total = 0;
+  for (const Param* p : params) {
+    MH_CHECK(p->grad.dtype() == dtype, "flatten_grads: mixed gradient dtypes (", p->name, ")");
+    total += p->grad.numel();
+  }
+  Tensor flat = be.zeros({total}, dtype);
+  int64_t offset = 0;
+  for (Param* p : params) {
+    const int64_t n = p->grad.numel();
+    Tensor slot = flat.rows(offset, offset + n).view(p->grad.shape());
+    be.copy(p->grad, slot);
+    p->grad = slot;
+    offset += n;
+  }
+  return flat;
+}
+
 // --- Linear ---------------------------------------------------------------------------------
 
 Linear::Linear(Backend& be, const std::string& name, int64_t in, int64_t out, DType dtype)

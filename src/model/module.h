@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -29,6 +30,12 @@ inline DType stat_dtype(DType compute) {
 
 // Allocates value (compute dtype) and a zeroed grad (grad_dtype) on the backend.
 Param make_param(Backend& be, std::string name, const Shape& shape, DType dtype);
+
+// Moves every gradient (its values too) into one new buffer, in the order given, and re-points each
+// p.grad at its slice; returns the buffer. Zeroing the gradients of a step is then one fill, not
+// one launch per parameter (a Transformer has hundreds), and data parallelism all-reduces slices of
+// it.
+Tensor flatten_grads(Backend& be, const std::vector<Param*>& params);
 
 // Per-step state passed down through forward and backward: the backend, training mode and the
 // dropout stream. Dropout sites take consecutive offsets in forward order; each site remembers

@@ -38,7 +38,7 @@ class Transformer {
 
   // Parameters in forward order (embeddings, encoder, decoder, output); DDP buckets reverse it.
   void for_each_param(const ParamVisitor& f);
-  void zero_grad();
+  void zero_grad();  // one fill per parameter (the Trainer fills its flat buffer once instead)
   int64_t num_params();
   const ModelConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }

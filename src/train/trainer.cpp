@@ -37,6 +37,10 @@ Trainer::Trainer(const Config& cfg, Backend& be, Communicator* dp, Communicator*
                  " data-parallel ranks: every rank needs at least one sentence");
     buckets_ = std::make_unique<GradBuckets>(be, params, *dp_, cfg.parallel.bucket_mb,
                                              cfg.parallel.overlap);
+    grads_ = buckets_->flat();
+  } else {
+    // The same layout as the buckets' (reverse forward order), so one process and many agree.
+    grads_ = flatten_grads(be, std::vector<Param*>(params.rbegin(), params.rend()));
   }
   adam_.add_params(std::move(params));
   if (cfg.train.precision == Precision::fp16) loss_scale_ = cfg.train.loss_scale;
@@ -73,7 +77,7 @@ StepResult Trainer::train_step(const std::function<Batch()>& next_batch) {
   StepResult r;
   XentResult sum;
   double global_tokens = 0;
-  model_->zero_grad();
+  be_.zero(grads_);  // one fill for all gradients
   ctx_.training = true;
   // At least one micro-batch; more until the step has tokens_per_step target tokens over all
   // ranks. Every rank sees the same global counts, so all agree on which micro-batch is last.

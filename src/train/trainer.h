@@ -72,6 +72,7 @@ class Trainer {
   Communicator* dp_ = nullptr;  // null or size 1: no data parallelism
   Communicator* dp_host_ = nullptr;
   std::unique_ptr<GradBuckets> buckets_;
+  Tensor grads_;  // every parameter's gradient, one buffer (the buckets' when data-parallel)
   int64_t step_ = 0, micro_step_ = 0;
   double loss_scale_ = 1;   // fp16: dynamic loss scale (1 in fp32/bf16)
   int64_t good_steps_ = 0;  // fp16: steps since the last overflow

@@ -410,6 +410,15 @@ std::vector<Case> elementwise_cases() {
       "sum_squares", {{"x", {3, 1000}, F32, Init::rand}},
       [](Backend& be, Env& e) { return std::vector<double>{be.sum_squares(e["x"])}; }, kF32);
   add_case(
+      "sum_squares_all",  // one launch in chunks of 64K: 200003 elements are 4 blocks
+      {{"a", {200003}, F32, Init::rand},
+       {"b", {7}, F32, Init::rand},
+       {"c", {3, 1000}, F32, Init::rand}},
+      [](Backend& be, Env& e) {
+        return std::vector<double>{be.sum_squares_all({&e["a"], &e["b"], &e["c"], &e["a"]})};
+      },
+      kF32);
+  add_case(
       "adam_step",
       {{"p", {517}, F32, Init::acc},
        {"g", {517}, F32, Init::rand},

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/kernels/kernels.h"
 #include "backend/cuda/kernels/optimizer_kernels.cuh"
 #include "kernel_emu_util.h"
 
@@ -154,6 +155,43 @@ TEST(OptimizerEmu, SumSquaresNonFinite) {
                 [&] { sum_squares_kernel<__nv_bfloat16>(x.data(), 5000, &out); });
     EXPECT_FALSE(std::isfinite(out));
   }
+}
+
+// Σ x² over a list of tensors in one launch (+= onto 2.5), against CpuBackend over each tensor.
+// With the launcher's chunk every tensor here is one block; a chunk of 300 splits the larger
+// ones into several blocks, with a partial last chunk, and tensors into consecutive blocks.
+TEST(OptimizerEmu, SumSquaresMultiMatchesCpu) {
+  std::mt19937_64 rng(47);
+  const std::vector<int64_t> sizes = {1000, 1, 77, 300, 2049, 5};
+  std::vector<std::vector<float>> x;
+  std::vector<const float*> xp;
+  CpuBackend cpu;
+  double ref = 0;
+  for (int64_t n : sizes) {
+    x.push_back(randn(rng, n));
+    xp.push_back(x.back().data());
+    ref += cpu.sum_squares(host_f32(x.back()));
+  }
+  for (int64_t chunk : {kSumSquaresChunk, int64_t{300}}) {
+    SCOPED_TRACE(::testing::Message() << "chunk " << chunk);
+    const std::vector<int64_t> first = sum_squares_first_blocks(sizes, chunk);
+    EXPECT_EQ(first.back(), chunk == 300 ? 4 + 1 + 1 + 1 + 7 + 1 : 6);
+    double out = 2.5;
+    emu::launch({static_cast<unsigned>(first.back())}, {kSumThreads}, [&] {
+      sum_squares_multi_kernel(xp.data(), sizes.data(), first.data(),
+                               static_cast<int>(sizes.size()), chunk, &out);
+    });
+    EXPECT_LE(std::fabs((out - 2.5) - ref) / ref, 1e-5) << out - 2.5 << " vs " << ref;
+  }
+  // A non-finite element in one chunk of one tensor makes the sum non-finite.
+  x[4][1500] = std::nanf("");
+  const std::vector<int64_t> first = sum_squares_first_blocks(sizes, 300);
+  double out = 0;
+  emu::launch({static_cast<unsigned>(first.back())}, {kSumThreads}, [&] {
+    sum_squares_multi_kernel(xp.data(), sizes.data(), first.data(), static_cast<int>(sizes.size()),
+                             300, &out);
+  });
+  EXPECT_TRUE(std::isnan(out));
 }
 
 }  // namespace

@@ -186,8 +186,36 @@ double CudaBackend::sum_squares(const Tensor& x) {
 double CudaBackend::sum_squares_all(const std::vector<const Tensor*>& xs) {
   Tensor out = sums_.view({3}).rows(0, 1);
   MH_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, sizeof(double), compute_));
-  for (const Tensor* x : xs)
-    if (x->numel() > 0) cuda::sum_squares(*x, out, compute_);  // each adds into `out`
+  // F32 tensors (gradients) in one launch; any other dtype by itself. Each adds into `out`.
+  std::vector<int64_t> ptrs, sizes;
+  for (const Tensor* x : xs) {
+    if (x->numel() == 0) continue;
+    if (x->dtype() != DType::f32 || x->device() != Device::cuda) {
+      cuda::sum_squares(*x, out, compute_);
+      continue;
+    }
+    ptrs.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(x->raw())));
+    sizes.push_back(x->numel());
+  }
+  if (!ptrs.empty()) {
+    // Layout of the device list: xs*[n], sizes[n], first_block[n + 1] (8 bytes each).
+    const size_t n = ptrs.size();
+    const std::vector<int64_t> first = cuda::sum_squares_first_blocks(sizes);
+    std::vector<int64_t> list = ptrs;
+    list.insert(list.end(), sizes.begin(), sizes.end());
+    list.insert(list.end(), first.begin(), first.end());
+    if (list != sum_list_host_) {
+      sum_list_host_ = std::move(list);
+      sum_list_dev_ = empty({static_cast<int64_t>(sum_list_host_.size() * 8)}, DType::u8);
+      // From a member: the stream may still be reading the copy when this returns.
+      MH_CUDA_CHECK(cudaMemcpyAsync(sum_list_dev_.raw(), sum_list_host_.data(),
+                                    sum_list_host_.size() * 8, cudaMemcpyHostToDevice, compute_));
+    }
+    const auto* dev = static_cast<const int64_t*>(sum_list_dev_.raw());
+    cuda::sum_squares_multi({reinterpret_cast<const float* const*>(dev), dev + n, dev + 2 * n,
+                             static_cast<int>(n), first.back()},
+                            out, compute_);
+  }
   double host = 0;
   MH_CUDA_CHECK(cudaMemcpyAsync(&host, out.raw(), sizeof(host), cudaMemcpyDeviceToHost, compute_));
   MH_CUDA_CHECK(cudaStreamSynchronize(compute_));

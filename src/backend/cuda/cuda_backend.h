@@ -122,6 +122,9 @@ class CudaBackend : public Backend {
   // (the parameters of a run are the same every step).
   std::vector<int64_t> adam_list_host_;
   Tensor adam_list_dev_;
+  // sum_squares_all's list, likewise kept while the tensors stay the same (every step's grads).
+  std::vector<int64_t> sum_list_host_;
+  Tensor sum_list_dev_;
   std::set<std::string> attn_notes_;    // fallback notes already printed
   std::set<std::string> linear_notes_;  // unfused-linear notes already printed
 };

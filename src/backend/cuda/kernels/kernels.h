@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -76,6 +77,26 @@ void adam_multi(const AdamTensorList& list, double lr, double beta1, double beta
 // out (device F64 [1]) += Σ x² (F32/BF16/F16 input; for the global gradient norm and inf/nan
 // detection: a non-finite input makes the sum non-finite).
 void sum_squares(const Tensor& x, Tensor& out, cudaStream_t s);
+// out (device F64 [1]) += Σ x² over count F32 tensors in one launch. Device arrays built by the
+// caller: xs [count] pointers, sizes [count] (each > 0), first_block [count + 1] from
+// sum_squares_first_blocks(sizes); blocks = first_block[count].
+constexpr int64_t kSumSquaresChunk = 64 * 1024;  // elements per block
+// Block b sums chunk b − first[t] of the tensor t with first[t] <= b < first[t + 1].
+inline std::vector<int64_t> sum_squares_first_blocks(const std::vector<int64_t>& sizes,
+                                                     int64_t chunk = kSumSquaresChunk) {
+  std::vector<int64_t> first(sizes.size() + 1, 0);
+  for (size_t t = 0; t < sizes.size(); ++t)
+    first[t + 1] = first[t] + (sizes[t] + chunk - 1) / chunk;
+  return first;
+}
+struct SumSquaresList {
+  const float* const* xs;
+  const int64_t* sizes;
+  const int64_t* first_block;
+  int count;
+  int64_t blocks;
+};
+void sum_squares_multi(const SumSquaresList& list, Tensor& out, cudaStream_t s);
 
 // --- attention_naive.cu: the reference GPU attention (cuBLAS batched GEMMs + this softmax) -----
 // In place over scores [B, H, Lq, Lk] (compute dtype): scale, key-padding + causal mask, softmax

@@ -10,6 +10,9 @@
 //   written there in bf16 or fp16 (the compute weights beside fp32 masters), in the same pass.
 // sum_squares: out [1] F64 (+=) Σ x² over x (F32 | BF16 | F16): fp32 per thread and per block,
 //   then one double atomicAdd per block. Non-finite inputs make the sum non-finite.
+// sum_squares_multi: the same over a list of F32 tensors in one launch, in chunks of
+// kSumSquaresChunk
+//   elements per block (the gradient norm: one launch for hundreds of parameters).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -64,6 +67,18 @@ void sum_squares(const Tensor& x,  // any shape, F32 | BF16 | F16
     default:
       MH_CHECK(false, "sum_squares: x must be F32, BF16 or F16, not ", dtype_name(x.dtype()));
   }
+}
+
+void sum_squares_multi(const SumSquaresList& list, Tensor& out, cudaStream_t s) {
+  MH_CHECK(out.device() == Device::cuda && out.dtype() == DType::f64 && out.numel() == 1,
+           "sum_squares_multi: out must be F64 [1] on the GPU");
+  if (list.count == 0 || list.blocks == 0) return;
+  MH_CHECK(list.xs && list.sizes && list.first_block, "sum_squares_multi: null list");
+  MH_CHECK(list.blocks <= 0x7fffffff, "sum_squares_multi: ", list.blocks, " blocks");
+  sum_squares_multi_kernel<<<static_cast<unsigned>(list.blocks), kSumThreads, 0, s>>>(
+      list.xs, list.sizes, list.first_block, list.count, kSumSquaresChunk,
+      static_cast<double*>(out.raw()));
+  MH_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace mh::cuda

@@ -64,18 +64,11 @@ __global__ void __launch_bounds__(kAdamThreads)
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kSumThreads) sum_squares_kernel(const T* __restrict__ x,  // [n]
-                                                                  int64_t n,
-                                                                  double* out) {  // [1] +=
+// Adds the block's per-thread partial sums into *out: warp shuffles, one float per warp in
+// shared memory, then one double atomicAdd per block (none when the block's sum is 0, as the
+// blocks of short tensors in sum_squares_multi_kernel mostly are).
+__device__ inline void block_sum_add(float acc, double* out) {
   __shared__ float partial[kSumThreads / 32];
-  float acc = 0.f;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += stride) {
-    const float xi = to_f32(x[i]);
-    acc += xi * xi;
-  }
   for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) partial[warp] = acc;
@@ -83,8 +76,49 @@ __global__ void __launch_bounds__(kSumThreads) sum_squares_kernel(const T* __res
   if (warp == 0) {
     acc = lane < kSumThreads / 32 ? partial[lane] : 0.f;
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) atomicAdd(out, static_cast<double>(acc));
+    if (lane == 0 && acc != 0.f) atomicAdd(out, static_cast<double>(acc));
   }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kSumThreads) sum_squares_kernel(const T* __restrict__ x,  // [n]
+                                                                  int64_t n,
+                                                                  double* out) {  // [1] +=
+  float acc = 0.f;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const float xi = to_f32(x[i]);
+    acc += xi * xi;
+  }
+  block_sum_add(acc, out);
+}
+
+// Σ x² over a list of F32 tensors in one launch (the gradient norm over every parameter): block
+// b sums chunk (b − first_block[t]) of tensor t, the t with first_block[t] <= b <
+// first_block[t + 1] (a binary search over count entries). Chunks of `chunk` elements give every
+// block the same work however unequal the tensors are (an embedding and a LayerNorm bias).
+__global__ void __launch_bounds__(kSumThreads)
+    sum_squares_multi_kernel(const float* const* __restrict__ xs,      // [count] → [sizes[t]]
+                             const int64_t* __restrict__ sizes,        // [count]
+                             const int64_t* __restrict__ first_block,  // [count + 1]
+                             int count, int64_t chunk,
+                             double* out) {  // [1] +=
+  const int64_t b = blockIdx.x;
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_block[mid] <= b)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const float* __restrict__ x = xs[lo];
+  const int64_t begin = (b - first_block[lo]) * chunk;
+  const int64_t end = begin + chunk < sizes[lo] ? begin + chunk : sizes[lo];
+  float acc = 0.f;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc += x[i] * x[i];
+  block_sum_add(acc, out);
 }
 
 // The kernel's constants, computed the same way as CpuBackend::adam_step (host code).
