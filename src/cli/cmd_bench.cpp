@@ -9,6 +9,7 @@
 #include <functional>
 #include <iostream>
 #include <random>
+#include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/profiling_backend.h"
@@ -228,8 +229,10 @@ const char* const kBenchCommDetails =
     "  #wrong   elements wrong after the first collective, summed over ranks (inputs are small\n"
     "           integers, so every reduction is exact and the check is equality)\n"
     "  raw      time, algbw, busbw of the raw MPI call\n"
-    "  vs raw   busbw / raw busbw: the cost of the Communicator over MPI itself (with one\n"
-    "           rank, where busbw is 0: raw time / time)\n"
+    "  vs raw   busbw / raw busbw, the cost of the Communicator over MPI itself: the two\n"
+    "           columns run alternately in up to 10 pairs of blocks of collectives; this is\n"
+    "           the median over the pairs of raw block time / Communicator block time, so a\n"
+    "           slow spell of a shared host, which hits both blocks of a pair, cancels out\n"
     "The last lines give the total #wrong (the exit status is 1 when it is not 0) and the mean\n"
     "busbw of both columns over the sizes of at least 1 MB.\n";
 
@@ -400,9 +403,9 @@ int bench_comm(int argc, char** argv) {
     const int64_t timed =
         iters > 0 ? iters : std::clamp<int64_t>((int64_t{512} << 20) / size, 5, 200);
     const int64_t untimed = warmup >= 0 ? warmup : std::max<int64_t>(2, timed / 10);
-    // The two columns alternate in up to 5 blocks, each after a barrier, so that both see the
-    // same machine (this one is shared and noisy). Raw MPI runs only between blocks of the
-    // Communicator, with no Work pending (the SERIALIZED contract).
+    // The two columns alternate in up to 10 pairs of blocks, each block after a barrier, so that
+    // both see the same machine (this one is shared and noisy). Raw MPI runs only between
+    // blocks of the Communicator, with no Work pending (the SERIALIZED contract).
     const auto run_block = [&](bool multihead, int64_t k) {
       MH_MPI_CHECK(MPI_Barrier(raw_comm));
       const auto t0 = Clock::now();
@@ -416,17 +419,39 @@ int bench_comm(int argc, char** argv) {
     };
     run_block(true, untimed);
     run_block(false, untimed);
-    const int64_t blocks = std::min<int64_t>(timed, 5);
-    double secs[2] = {0, 0};  // [0]: multihead, [1]: raw
+    const int64_t blocks = std::min<int64_t>(timed, 10);
+    // [0, blocks): the Communicator's block times, [blocks, 2 blocks): raw MPI's.
+    std::vector<double> block_s(static_cast<size_t>(2 * blocks), 0.0);
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t k = timed / blocks + (b < timed % blocks ? 1 : 0);
       const bool mh_first = b % 2 == 0;
-      secs[mh_first ? 0 : 1] += run_block(mh_first, k);
-      secs[mh_first ? 1 : 0] += run_block(!mh_first, k);
+      block_s[static_cast<size_t>(mh_first ? b : blocks + b)] = run_block(mh_first, k);
+      block_s[static_cast<size_t>(mh_first ? blocks + b : b)] = run_block(!mh_first, k);
     }
-    // Per-rank mean, then the max over ranks (outside the timed blocks).
+    // Per-rank means, then the max over ranks (outside the timed blocks); block times likewise.
+    double secs[2] = {0, 0};  // [0]: multihead, [1]: raw
+    for (int64_t b = 0; b < blocks; ++b) {
+      secs[0] += block_s[static_cast<size_t>(b)];
+      secs[1] += block_s[static_cast<size_t>(blocks + b)];
+    }
     for (double& t : secs) t /= static_cast<double>(timed);
     MH_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, secs, 2, MPI_DOUBLE, MPI_MAX, raw_comm));
+    MH_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, block_s.data(), static_cast<int>(block_s.size()),
+                               MPI_DOUBLE, MPI_MAX, raw_comm));
+    // "vs raw" pairs each block with the raw block next to it: the median of their time ratios
+    // (= busbw ratios; the two blocks of a pair run the same number of collectives). A slow
+    // spell of the host then hits both sides of a pair and cancels out, as a difference of
+    // means over the whole row does not.
+    std::vector<double> ratios;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const double mh_b = block_s[static_cast<size_t>(b)];
+      if (mh_b > 0) ratios.push_back(block_s[static_cast<size_t>(blocks + b)] / mh_b);
+    }
+    std::sort(ratios.begin(), ratios.end());
+    const size_t r_n = ratios.size();
+    const double vs_raw = r_n == 0       ? 0
+                          : r_n % 2 == 1 ? ratios[r_n / 2]
+                                         : 0.5 * (ratios[r_n / 2 - 1] + ratios[r_n / 2]);
     const auto timing = [&](double t) {
       CommTiming c;
       c.seconds = t;
@@ -435,9 +460,6 @@ int bench_comm(int argc, char** argv) {
       return c;
     };
     const CommTiming mh_t = timing(secs[0]), raw_t = timing(secs[1]);
-    const double vs_raw = raw_t.busbw > 0    ? mh_t.busbw / raw_t.busbw
-                          : mh_t.seconds > 0 ? raw_t.seconds / mh_t.seconds
-                                             : 0;
     if (size >= (int64_t{1} << 20)) {
       sum_busbw += mh_t.busbw;
       sum_raw_busbw += raw_t.busbw;
