@@ -276,7 +276,7 @@ struct CommTiming {
 int bench_comm(int argc, char** argv) {
   std::string op_name = "all_reduce", min_text = "4K", max_text = "256M", dtype_text = "f32";
   int64_t iters = 0, warmup = -1;
-  bool json = false;
+  bool json = false, raw_twice = false;
   po::options_description desc;
   desc.add_options()  //
       ("op", po::value(&op_name)->default_value(op_name),
@@ -288,9 +288,12 @@ int bench_comm(int argc, char** argv) {
       ("iters", po::value(&iters)->default_value(iters),
        "timed collectives per size and column; 0: 512 MiB / size, within [5, 200]")  //
       ("warmup", po::value(&warmup)->default_value(warmup),
-       "untimed collectives first; -1: a tenth of the timed ones (at least 2)")        //
-      ("dtype", po::value(&dtype_text)->default_value(dtype_text), "f32 | f64 | i32")  //
-      ("json", po::bool_switch(&json), "one JSON object per size instead of the table");
+       "untimed collectives first; -1: a tenth of the timed ones (at least 2)")          //
+      ("dtype", po::value(&dtype_text)->default_value(dtype_text), "f32 | f64 | i32")    //
+      ("json", po::bool_switch(&json), "one JSON object per size instead of the table")  //
+      ("raw-twice", po::bool_switch(&raw_twice),
+       "an A/A run: raw MPI in both columns, so 'vs raw' shows how far from 100% noise alone "
+       "takes it on this machine");
   static const Command sub = {"bench comm",
                               "Collective bandwidth: the multihead Communicator beside raw MPI, in "
                               "nccl-tests' table.",
@@ -335,7 +338,10 @@ int bench_comm(int argc, char** argv) {
     std::printf("# multihead bench comm: %s, %d rank(s) on %d node(s), %s, %s\n", op_name.c_str(),
                 n, n / world.local_size(), comm.name().c_str(),
                 op == CommOp::all_reduce ? "in place" : "out of place");
-    std::printf("#%51s%-33s%s\n", "", "multihead Communicator", raw_name);
+    std::printf(
+        "#%51s%-33s%s\n", "",
+        raw_twice ? (std::string(raw_name) + " (A/A run)").c_str() : "multihead Communicator",
+        raw_name);
     std::printf("#%11s %13s %6s %5s  %9s %7s %7s %6s  %9s %7s %7s  %6s\n", "size", "count", "type",
                 "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "vs raw");
     std::printf("#%11s %13s %6s %5s  %9s %7s %7s %6s  %9s %7s %7s  %6s\n", "(B)", "(elements)", "",
@@ -410,7 +416,12 @@ int bench_comm(int argc, char** argv) {
       MH_MPI_CHECK(MPI_Barrier(raw_comm));
       const auto t0 = Clock::now();
       if (multihead) {
-        for (int64_t i = 0; i < k; ++i) run_comm().wait();
+        if (raw_twice) {
+          std::lock_guard<std::mutex> lock(mpi_call_mutex());
+          for (int64_t i = 0; i < k; ++i) run_raw();
+        } else {
+          for (int64_t i = 0; i < k; ++i) run_comm().wait();
+        }
       } else {
         std::lock_guard<std::mutex> lock(mpi_call_mutex());  // nothing is pending; belt and braces
         for (int64_t i = 0; i < k; ++i) run_raw();
