@@ -13,3 +13,9 @@ foreach(src ${MH_CUDA_TESTS})
                                              MH_BINARY_DIR="${CMAKE_BINARY_DIR}")
   gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS gpu)
 endforeach()
+# The custom backward's other head_dim-64 tiling (128 keys per block, chosen by
+# MH_FLASH_BWD_KEYS=128 for tuning runs): the launcher tests and the dropout test again with it.
+gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "bwd_keys128."
+                     TEST_FILTER "Attention/FlashLaunchers.*:AttentionDropout.MatchesCpuF64WithTheSameSeed"
+                     PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_BWD_KEYS=128)
+

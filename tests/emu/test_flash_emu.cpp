@@ -132,5 +132,13 @@ TEST(FlashEmu, OtherTileSizes) {
   run_case<__nv_bfloat16, 64, 32, 128, 128, 32>({"tiles 128", 1, {150}, {150}, false, 0.1f}, 14);
 }
 
+TEST(FlashEmu, BackwardWith128Keys) {
+  // The launcher's other head_dim-64 backward (MH_FLASH_BWD_KEYS=128): 8 warps, 64 query rows.
+  run_case<__half, 64, kFwdBM, kFwdBN, 128, 64>(
+      {"bwd 128 keys", 2, {200, 200}, {200, 61}, true, 0, false}, 17);
+  run_case<__nv_bfloat16, 64, kFwdBM, kFwdBN, 128, 64>(
+      {"bwd 128 keys packed cross dropout", 1, {9, 140, 30}, {300, 5, 129}, false, 0.2f, true}, 18);
+}
+
 }  // namespace
 }  // namespace mh::cuda::flash

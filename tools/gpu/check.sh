@@ -279,6 +279,10 @@ if ((HAVE_GPU)); then
   # (the hopper column, timed only on sm_90, adds one forward + custom's backward per problem:
   # by estimate (not measured) about a third more than custom, cudnn and naive alone, inside 60 s)
   step mh_attention 60 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}"
+  # custom alone again with flash_bwd's other head_dim-64 tiling (128 keys, 8 warps per block):
+  # the summary's "cus128" column, to choose the default from a measurement.
+  step mh_attention_k128 30 "${MHENV[@]}" MH_FLASH_BWD_KEYS=128 "$MH" bench attention \
+    "${ATTN_ARGS[@]}" --impl custom
   step torch_attention 45 "$PY" tools/bench/torch_attention_peer.py "${ATTN_ARGS[@]}"
   # torch.compile last: its compile time is the least predictable.
   step torch_small_compile 90 "${PEER[@]}" train "${SMALL_MODEL[@]}" "${SMALL_ARGS[@]}" \
@@ -355,9 +359,11 @@ if torch_by or mh:
 key = lambda r: (r["case"], r["dtype"], r["head_dim"], r["causal"], r["seq"], r["pass"])
 mh_att = {key(r): r for r in rows if r.get("step") == "mh_attention"}
 pt_att = {key(r): r for r in rows if r.get("step") == "torch_attention"}
+k128 = {key(r): r for r in rows if r.get("step") == "mh_attention_k128"}
 if mh_att or pt_att:
     print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
-          f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s}  TFLOP/s")
+          f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s} {'cus128':>7s}"
+          f"  TFLOP/s")
     for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
                                                              k[5] != "fwd")):
         if k[2] != 64 or k[1] != "bf16" or k[5] not in ("fwd", "bwd"):
@@ -368,8 +374,9 @@ if mh_att or pt_att:
         f = lambda x: f"{x:.1f}" if x else "-"
         ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
         label = f"{k[0]} {'causal' if k[3] else 'full'} L{k[4]} {k[5]}"
+        c128 = k128.get(k, {}).get("custom_tflops")
         print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
-              f" {ratio(c, tt):>9s} {ratio(c, d):>9s}")
+              f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s}")
 EOF
   echo "# total $(($(date +%s) - T0)) s (budget $BUDGET s); logs: $OUTDIR/logs.tar.gz"
 } >"$OUTDIR/summary.txt" 2>&1

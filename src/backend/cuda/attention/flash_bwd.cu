@@ -20,6 +20,8 @@
 //   head_dim 64  (kBM 64): 254 registers (sm_90a), 255 (sm_80), no spills; 57 KiB shared
 //   head_dim 128 (kBM 32): 251 registers (sm_90a), no spills; 255 and 4 B spilled (sm_80);
 //                          68.5 KiB shared
+//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 246 registers (sm_90a), 254
+//                          (sm_80), no spills; 81 KiB shared; one block (8 warps) per SM
 // Two blocks (8 warps) per SM, as FlashAttention-2's one block of 8 warps. On an H200 the version
 // without the pipeline ran at 82–88 TFLOP/s (head_dim 64, bf16, L 1024–4096), a third of
 // PyTorch's flash backward (docs/perf/attention.md); this one has not been timed on a GPU yet.
@@ -28,11 +30,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "backend/cuda/attention/attention_problem.h"
 #include "backend/cuda/attention/flash_bwd_kernel.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "core/error.h"
 
 namespace mh::cuda {
 
@@ -78,6 +83,33 @@ int64_t dq_acc_elems(const AttnProblem& p) {
   return (p.total_q * p.row_elems() + 3) / 4 * 4;
 }
 
+// Keys per block of flash_bwd at head_dim 64: 64 (4 warps, two blocks per SM) by default, or
+// 128 (8 warps, one block per SM, as FlashAttention-2): each query block's Q, dO and dQ atomics
+// then serve twice the keys. MH_FLASH_BWD_KEYS=128 selects it, so that one GPU run can time both;
+// the default follows the measurements (docs/perf/attention.md).
+int bwd_keys_per_block() {
+  static const int keys = [] {
+    const char* env = std::getenv("MH_FLASH_BWD_KEYS");
+    if (!env || !*env) return kBwdBN;
+    const std::string v = env;
+    if (v != "64" && v != "128")
+      user_error("MH_FLASH_BWD_KEYS=", v, ": expected 64 or 128 (keys per flash_bwd block)");
+    return std::stoi(v);
+  }();
+  return keys;
+}
+
+template <typename T, int D, int BN>
+void launch_bwd_main(const AttnProblem& pr, const BwdParams<T>& p, cudaStream_t s) {
+  const int smem = bwd_smem_bytes<T, D, BN>();
+  set_smem_limit_once(flash_bwd_kernel<T, D, BN>, smem);
+  const dim3 grid((pr.max_len_k + BN - 1) / BN, pr.heads, pr.batch);
+  if (grid.x > 0) {
+    flash_bwd_kernel<T, D, BN><<<grid, bwd_threads(BN), smem, s>>>(p);
+    MH_CUDA_CHECK_LAUNCH();
+  }
+}
+
 template <typename T, int D>
 void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cudaStream_t s) {
   float* dq_acc = static_cast<float*>(workspace);
@@ -92,12 +124,14 @@ void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cud
   }
 
   const BwdParams<T> p = bwd_params<T>(pr, io, dq_acc, dsum);
-  const int smem = bwd_smem_bytes<T, D>();
-  set_smem_limit_once(flash_bwd_kernel<T, D>, smem);
-  const dim3 grid((pr.max_len_k + kBwdBN - 1) / kBwdBN, pr.heads, pr.batch);
-  if (grid.x > 0) {
-    flash_bwd_kernel<T, D><<<grid, bwd_threads(kBwdBN), smem, s>>>(p);
-    MH_CUDA_CHECK_LAUNCH();
+  if constexpr (D == 64) {
+    if (bwd_keys_per_block() == 128) {
+      launch_bwd_main<T, D, 128>(pr, p, s);
+    } else {
+      launch_bwd_main<T, D, kBwdBN>(pr, p, s);
+    }
+  } else {
+    launch_bwd_main<T, D, kBwdBN>(pr, p, s);
   }
 
   const int64_t n = pr.total_q * pr.row_elems();
