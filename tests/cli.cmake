@@ -99,3 +99,17 @@ set_tests_properties(cli.bench_train_profile_json PROPERTIES LABELS cli PASS_REG
   "\"profile_steps\": 2, \"profile\": \\[{\"op\": \"[^\"]+\", \"calls\": [0-9.]+, \"ms\": [0-9.]+}")
 mh_cli_test(bench_train_bad_profile 2
   "multihead: error: bench train: --profile must be >= 0 (steps), not -1" bench train --profile -1)
+# bench train --rounds: every round's tokens/s (text and JSON); 0 rounds are refused.
+add_test(NAME cli.bench_train_rounds
+         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --rounds 3
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(cli.bench_train_rounds PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
+  "tokens/s by round \\(the median above\\): [0-9]+ [0-9]+ [0-9]+\n")
+add_test(NAME cli.bench_train_rounds_json
+         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --rounds 2
+                 --json
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(cli.bench_train_rounds_json PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
+  "\"rounds\": 2, \"rounds_tokens_per_s\": \\[[0-9.]+, [0-9.]+\\]")
+mh_cli_test(bench_train_bad_rounds 2
+  "multihead: error: bench train: --rounds must be >= 1, not 0" bench train --rounds 0)

@@ -73,7 +73,7 @@ void print_profile(const ProfilingBackend& prof, bool device_time) {
 int bench_train(int argc, char** argv) {
   ConfigOptions config_opts;
   int64_t batch = 64, src_len = 32, tgt_len = 32, steps = 20, warmup = 3, threads = 1;
-  int64_t profile_steps = 0;
+  int64_t profile_steps = 0, rounds = 1;
   bool json = false;
   po::options_description desc;
   add_config_options(desc, &config_opts);
@@ -83,7 +83,10 @@ int bench_train(int argc, char** argv) {
       ("tgt-len", po::value(&tgt_len)->default_value(tgt_len), "target tokens per sentence")  //
       ("steps", po::value(&steps)->default_value(steps), "timed optimizer steps")             //
       ("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")            //
-      ("threads", po::value(&threads)->default_value(threads), "BLAS threads")                //
+      ("rounds", po::value(&rounds)->default_value(rounds),
+       "time --steps this many times in a row; tokens/s is the median round's, and every "
+       "round's is printed (repeated measurements in one run)")                 //
+      ("threads", po::value(&threads)->default_value(threads), "BLAS threads")  //
       ("profile", po::value(&profile_steps)->default_value(profile_steps),
        "after the timed steps, N more with a time mark before every op: where the step's time "
        "goes, op by op (device time on a GPU), most expensive first")  //
@@ -95,6 +98,7 @@ int bench_train(int argc, char** argv) {
   if (!parse_command_line(sub, argc, argv, desc)) return 0;
   if (batch < 1 || src_len < 1 || tgt_len < 1 || steps < 1 || warmup < 0)
     user_error("bench train: --batch, --src-len, --tgt-len and --steps must be >= 1");
+  if (rounds < 1) user_error("bench train: --rounds must be >= 1, not ", rounds);
   if (profile_steps < 0)
     user_error("bench train: --profile must be >= 0 (steps), not ", profile_steps);
   Config cfg = resolve_config(config_opts);
@@ -130,16 +134,26 @@ int bench_train(int argc, char** argv) {
     return s;
   };
   const double cpu0 = progress_cpu();
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < steps; ++i) {
-    StepResult r = trainer.train_step([&] { return b; });
-    last_loss = r.loss;
-    compute_s += r.compute_s;
-    comm_s += r.comm.comm_s;
-    exposed_s += r.comm.exposed_s;
+  std::vector<double> round_s;  // each round's wall time
+  for (int64_t k = 0; k < rounds; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < steps; ++i) {
+      StepResult r = trainer.train_step([&] { return b; });
+      last_loss = r.loss;
+      compute_s += r.compute_s;
+      comm_s += r.comm.comm_s;
+      exposed_s += r.comm.exposed_s;
+    }
+    round_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double progress_cpu_s = progress_cpu() - cpu0;
+  const double progress_cpu_s = (progress_cpu() - cpu0) / static_cast<double>(rounds);
+  compute_s /= static_cast<double>(rounds);
+  comm_s /= static_cast<double>(rounds);
+  exposed_s /= static_cast<double>(rounds);
+  // The median round (the upper one of an even count): one slow spell does not move it.
+  std::vector<double> sorted_s = round_s;
+  std::sort(sorted_s.begin(), sorted_s.end());
+  const double secs = sorted_s[sorted_s.size() / 2];
   if (prof) {
     prof->set_enabled(true);
     for (int64_t i = 0; i < profile_steps; ++i) {
@@ -168,6 +182,11 @@ int bench_train(int argc, char** argv) {
               << ", \"comm_ms\": " << json_number(comm_s * per_step, "%.3f")
               << ", \"exposed_comm_ms\": " << json_number(exposed_s * per_step, "%.3f")
               << ", \"progress_cpu_ms\": " << json_number(progress_cpu_s * per_step, "%.3f")
+              << ", \"rounds\": " << rounds << ", \"rounds_tokens_per_s\": [";
+    for (size_t k = 0; k < round_s.size(); ++k)
+      std::cout << (k ? ", " : "")
+                << json_number(tokens * static_cast<double>(steps) / round_s[k], "%.1f");
+    std::cout << "]"
               << ", \"tokens_per_s\": " << json_number(tok_s, "%.1f") << ", \"tgt_tokens_per_s\": "
               << json_number(tok_s * tgt_len / (src_len + tgt_len), "%.1f")
               << ", \"gflops_per_s\": " << json_number(gflops, "%.2f")
@@ -195,6 +214,11 @@ int bench_train(int argc, char** argv) {
         static_cast<long long>(threads));
     std::printf("  %.2f ms/step | %.0f tokens/s (source + target, all ranks) | %.2f GFLOP/s\n",
                 step_ms, tok_s, gflops);
+    if (rounds > 1) {
+      std::printf("  tokens/s by round (the median above):");
+      for (double r : round_s) std::printf(" %.0f", tokens * static_cast<double>(steps) / r);
+      std::printf("\n");
+    }
     if (dp > 1)
       std::printf(
           "  per step on rank 0: compute %.1f ms | all-reduce %.1f ms | exposed %.1f ms (%.1f%% of "

@@ -168,11 +168,14 @@ def run_train(a):
     warm_s = time.perf_counter() - t_warm
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        loss = step()
-    sync()
-    secs = time.perf_counter() - t0
+    round_s = []  # each round's wall time; the median round is reported, as multihead does
+    for _ in range(a.rounds):
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            loss = step()
+        sync()
+        round_s.append(time.perf_counter() - t0)
+    secs = sorted(round_s)[len(round_s) // 2]
     last = float(loss)
     if first is None:
         first = last
@@ -187,6 +190,9 @@ def run_train(a):
         "impl": "pytorch", "torch": torch.__version__, "device": name,
         "precision": a.precision, "compiled": bool(a.compile), "mask": a.mask,
         "fused_adam": fused, "steps": a.steps, "warmup_s": round(warm_s, 2),
+        "rounds": a.rounds,
+        "rounds_tokens_per_s": [round(a.batch * (a.src_len + a.tgt_len) * a.steps / r, 1)
+                                for r in round_s],
         "step_ms": round(step_s * 1e3, 3),
         "tokens_per_s": round(tokens / step_s, 1),
         "tgt_tokens_per_s": round(a.batch * a.tgt_len / step_s, 1),
@@ -276,6 +282,8 @@ def main(argv=None):
         if action.dest in ("help",) or action.dest in {x.dest for x in t._actions}:
             continue
         t._add_action(action)
+    t.add_argument("--rounds", type=int, default=1,
+                   help="time --steps this many times in a row; tokens/s is the median round's")
     t.set_defaults(steps=20, warmup_steps=5, attention="sdpa")
     gm = sub.add_parser("gemm", help="torch.matmul TFLOP/s")
     gm.add_argument("--shapes", nargs="*", help="MxNxK ... (default: a fixed set)")
@@ -289,6 +297,8 @@ def main(argv=None):
     if a.mode == "train":
         if a.d_model % a.heads:
             p.error("--d-model must be a multiple of --heads")
+        if a.rounds < 1:
+            p.error("--rounds must be >= 1")
         return run_train(a)
     return run_gemm(a)
 

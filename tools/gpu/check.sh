@@ -52,8 +52,9 @@ SMALL_ARGS=(--batch 256 --src-len 32 --tgt-len 32)
 BASE_ARGS=(--batch 192 --src-len 64 --tgt-len 64)  # ~24.6k tokens: the paper's ~25k per step
 SMALL_MODEL=(--d-model 256 --heads 4 --d-ff 1024 --encoder-layers 3 --decoder-layers 3 --vocab 8000)
 BASE_MODEL=(--d-model 512 --heads 8 --d-ff 2048 --encoder-layers 6 --decoder-layers 6 --vocab 37000)
-MH_STEPS=(--steps 20 --warmup 5)
-PEER_STEPS=(--steps 20 --warmup-steps 5)
+# Three timed rounds of 20 steps each: tokens/s is the median round's, the summary shows the range.
+MH_STEPS=(--steps 20 --warmup 5 --rounds 3)
+PEER_STEPS=(--steps 20 --warmup-steps 5 --rounds 3)
 # Attention: a reduced sweep (~30 s each side; the full one is for humans, docs/perf/attention.md):
 # head_dim 64, bf16, L 1024/2048/4096 over 16k tokens, causal and not, and the translation batch
 # packed and padded; the same options for multihead and the PyTorch peer, so their rows join.
@@ -320,6 +321,13 @@ for label, key in (("bench-small", "small"), ("paper-base", "base")):
     mfu = (by.get(f"torch_{key}_eager") or {}).get("mfu")
     print(f"{label:14s} {f(mh):>16s} {f(te):>12s} {f(tc):>14s} {ratio(mh, te):>9s}"
           f" {ratio(mh, tc):>11s} {(f'{100 * mfu:.1f}%' if mfu else '-'):>16s}")
+# Every round's tokens/s (the medians above), so the spread of the repeats is on record.
+for name in ("mh_small_bf16", "torch_small_eager", "torch_small_compile", "mh_base_bf16",
+             "torch_base_eager", "torch_base_compile"):
+    rs = (by.get(name) or {}).get("rounds_tokens_per_s")
+    if rs:
+        print(f"  {name:20s} rounds: " + " ".join(f"{x:,.0f}" for x in rs)
+              + f"  (spread {100 * (max(rs) - min(rs)) / max(rs):.1f}%)")
 # Where multihead's paper-base step goes, op by op (bench train --profile: device time).
 prof = (by.get("mh_base_bf16") or {}).get("profile") or []
 if prof:
