@@ -245,6 +245,16 @@ TEST(CudaKernelsB, SoftmaxXentF16) {
   run_xent({37, 8003, 0.1, DType::f16, true}, 21);
 }
 
+TEST(CudaKernelsB, SoftmaxXentVectorized) {
+  // V a multiple of the 16-byte vector (8 bf16/fp16, 4 fp32): rows move in vectors.
+  MH_REQUIRE_GPU();
+  run_xent({37, 8000, 0.1, DType::f32, true}, 31);
+  run_xent({1100, 512, 0.1, DType::bf16, true}, 32);
+  run_xent({37, 37000, 0.1, DType::bf16, true}, 33);  // paper-base's vocabulary
+  run_xent({37, 8000, 0.1, DType::f16, true}, 34);
+  run_xent({37, 8000, 0.1, DType::bf16, false}, 35);  // forward only
+}
+
 TEST(CudaKernelsB, SoftmaxXentAllPad) {
   MH_REQUIRE_GPU();
   const int64_t n = 4, v = 33;

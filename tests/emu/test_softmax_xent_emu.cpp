@@ -49,6 +49,7 @@ struct Case {
   bool with_grad = true;
   bool aliased = false;   // dlogits is the logits buffer
   int64_t bad_every = 0;  // > 0: rows i % bad_every == 0 get labels outside [0, V)
+  float sd = 3.f;         // of the logits; 100: exp overflows unless the row max is subtracted
 };
 
 template <typename T>
@@ -59,7 +60,7 @@ void run_case(const Case& c, uint64_t seed) {
                << type_name<T>() << " N=" << n << " V=" << v << " eps=" << c.smoothing
                << " grad=" << c.with_grad << " aliased=" << c.aliased << " blocks=" << blocks);
   std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, 3.f);
+  std::normal_distribution<float> nd(0.f, c.sd);
   std::vector<T> logits(static_cast<size_t>(n * v));
   for (T& x : logits) x = from_f<T>(nd(rng));
   std::vector<int32_t> labels(static_cast<size_t>(n));
@@ -88,6 +89,11 @@ void run_case(const Case& c, uint64_t seed) {
   std::vector<T> dx_buf(static_cast<size_t>(n * v),
                         from_f<T>(std::numeric_limits<float>::quiet_NaN()));
   T* dx = c.with_grad ? (c.aliased ? logits.data() : dx_buf.data()) : nullptr;
+  // V a multiple of the vector width takes the 16-byte path (the buffers are 16-byte aligned).
+  if (v % kXentVec<T> == 0) {
+    ASSERT_TRUE(xent_vectorized<T>(logits.data(), dx, static_cast<int>(v)))
+        << "the vectorized path is not exercised";
+  }
   const double preset[3] = {0.5, -1.25, 3.0};  // the sums are accumulated (+=)
   double sums[3] = {preset[0], preset[1], preset[2]};
   emu::launch({static_cast<unsigned>(blocks)}, {kXentThreads}, [&] {
@@ -141,6 +147,19 @@ TEST(SoftmaxXentEmu, BF16) {
 TEST(SoftmaxXentEmu, F16) {
   run_case<__half>({37, 8003, 0.1}, 21);
   run_case<__half>({9, 33, 0.1, true, true}, 22);
+}
+
+TEST(SoftmaxXentEmu, Vectorized) {
+  // V a multiple of 8 (bf16/fp16) or 4 (fp32): rows in 16-byte vectors.
+  run_case<float>({13, 8000, 0.1}, 41);
+  run_case<float>({20, 1000, 0.1, true, true}, 42);  // in place
+  run_case<__nv_bfloat16>({13, 8000, 0.0}, 43);
+  run_case<__nv_bfloat16>({3, 37000, 0.1}, 44);  // paper-base's vocabulary
+  run_case<__half>({9, 40, 0.1, true, true}, 45);
+  run_case<__half>({19, 304, 0.1, true, false, 5}, 46);        // labels outside [0, V): zero rows
+  run_case<__nv_bfloat16>({70, 512, 0.1, false}, 47);          // forward only, many rows per block
+  run_case<float>({7, 4000, 0.1, true, false, 0, 100.f}, 48);  // logits beyond exp's range
+  run_case<float>({7, 4001, 0.1, true, false, 0, 100.f}, 49);  // the same element by element
 }
 
 TEST(SoftmaxXentEmu, LabelsOutsideVocabulary) {

@@ -9,6 +9,9 @@
 // One block per row (rows grid-strided over one resident wave of blocks). Pass 1 reads the row
 // once: an online (max, Σ exp(x − max)) plus Σ x (for the uniform-target term), all fp32, then a
 // block reduction. Pass 2 reads it again and writes the gradient; probabilities are never stored.
+// Both passes move 16-byte vectors (8 bf16/fp16, 4 fp32) when V allows (xent_vectorized). On an
+// H200 the element-by-element version took 1.65 ms of paper-base's 23 ms step (N 12288, V 37000,
+// bf16): ~3.5x the time its 1.8 GB of traffic needs; the vectorized one has not been timed yet.
 // Per row: lse = max + log Σ exp, nll = lse − x[y], loss = (1−ε)·nll + ε·(lse − Σx / V).
 // Block partial sums are kept in double by thread 0 and added with one double atomicAdd each per
 // block. A label outside [0, V) (the CPU backend throws) adds NaN to the loss sums and gets a zero
