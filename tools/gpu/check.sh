@@ -60,6 +60,10 @@ PEER_STEPS=(--steps 20 --warmup-steps 5 --rounds 3)
 # packed and padded; the same options for multihead and the PyTorch peer, so their rows join.
 ATTN_ARGS=(--dtype bf16 --head-dim 64 --seq 1024,2048,4096 --causal=both --iters 10 --warmup 2
   --json)
+# The full sweep of the attention issue, last (budget permitting): L 128..8192, head_dim 64 and
+# 128, causal and not, bf16 then fp16; multihead without naive. Table: attention_full.txt.
+ATTN_FULL=(--head-dim 64,128 --seq 128,256,512,1024,2048,4096,8192 --causal=both --mt-tokens 0
+  --iters 10 --warmup 2 --json)
 # GEMMs: two squares and paper-base's Linear maps at 12288 tokens (192 x 64, BASE_ARGS' target
 # tokens, as in torch_gpu_peer.py's default set) in each pass multihead runs (fwd: T x out x in,
 # dX: T x in x out, dW: out x in x T), as m x n x k for torch.matmul (x[m, k] @ w[k, n]) and for
@@ -290,6 +294,12 @@ if ((HAVE_GPU)); then
     "${PEER_STEPS[@]}" --precision bf16 --compile --json
   step torch_base_compile 120 "${PEER[@]}" train "${BASE_MODEL[@]}" "${BASE_ARGS[@]}" \
     "${PEER_STEPS[@]}" --precision bf16 --compile --json
+  for dt in bf16 fp16; do
+    step "mh_attention_full_$dt" 75 "${MHENV[@]}" "$MH" bench attention --dtype "$dt" \
+      "${ATTN_FULL[@]}" --impl custom,cudnn,hopper
+    step "torch_attention_full_$dt" 60 "$PY" tools/bench/torch_attention_peer.py --dtype "$dt" \
+      "${ATTN_FULL[@]}"
+  done
 fi
 
 # --- 7. results -----------------------------------------------------------------------------------
@@ -305,7 +315,7 @@ tar -C "$(dirname "$LOGS")" -czf "$OUTDIR/logs.tar.gz" logs
     printf '%-22s %-12s %6s  %s\n' "$n" "$s" "$d" "$note"
   done
   echo
-  "$PY" - "$RESULTS" <<'EOF'
+  "$PY" - "$RESULTS" "$OUTDIR/attention_full.txt" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {r.get("step"): r for r in rows}
@@ -385,6 +395,30 @@ if mh_att or pt_att:
         c128 = k128.get(k, {}).get("custom_tflops")
         print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
               f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s}")
+# The full sweep: every row into attention_full.txt; here custom / torch flash per dtype,
+# head_dim, mask and pass at L >= 1024 (the issue's target range), as min-max.
+mh_full = {key(r): r for r in rows if str(r.get("step", "")).startswith("mh_attention_full_")}
+pt_full = {key(r): r for r in rows if str(r.get("step", "")).startswith("torch_attention_full_")}
+if mh_full or pt_full:
+    f = lambda x: f"{x:.1f}" if x else "-"
+    groups = {}
+    with open(sys.argv[2], "w") as out:
+        out.write(f"{'dtype d mask L pass':30s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
+                  f" {'hopper':>7s} {'cus/torch':>9s}  TFLOP/s\n")
+        for k in sorted(set(mh_full) | set(pt_full), key=lambda k: (k[1], k[2], k[3], k[4], k[5])):
+            m, t = mh_full.get(k, {}), pt_full.get(k, {})
+            c, tt = m.get("custom_tflops"), t.get("torch_flash_tflops")
+            r = c / tt if c and tt else None
+            label = f"{k[1]} d{k[2]} {'causal' if k[3] else 'full'} L{k[4]} {k[5]}"
+            rs = f"{r:.2f}" if r else "-"
+            out.write(f"{label:30s} {f(c):>7s} {f(tt):>7s} {f(m.get('cudnn_tflops')):>7s}"
+                      f" {f(m.get('hopper_tflops')):>7s} {rs:>9s}\n")
+            if r and k[4] >= 1024 and k[5] in ("fwd", "bwd"):
+                groups.setdefault((k[1], k[2], k[3], k[5]), []).append(r)
+    print(f"\nfull attention sweep (all rows: attention_full.txt), custom / torch flash at L >= 1024:")
+    for g, rs in sorted(groups.items()):
+        print(f"  {g[0]} d{g[1]} {'causal' if g[2] else 'full  '} {g[3]:3s}"
+              f" {min(rs):.2f}-{max(rs):.2f} over {len(rs)} lengths")
 EOF
   echo "# total $(($(date +%s) - T0)) s (budget $BUDGET s); logs: $OUTDIR/logs.tar.gz"
 } >"$OUTDIR/summary.txt" 2>&1
