@@ -31,10 +31,9 @@ inline DType stat_dtype(DType compute) {
 // Allocates value (compute dtype) and a zeroed grad (grad_dtype) on the backend.
 Param make_param(Backend& be, std::string name, const Shape& shape, DType dtype);
 
-// Moves every gradient (its values too) into one new buffer, in the order given, and re-points each
-// p.grad at its slice; returns the buffer. Zeroing the gradients of a step is then one fill, not
-// one launch per parameter (a Transformer has hundreds), and data parallelism all-reduces slices of
-// it.
+// Moves every gradient (values too) into one new buffer, in the order given, and re-points each
+// p.grad at its slice; returns the buffer. Zeroing a step's gradients is then one fill, not one
+// launch per parameter (a Transformer has hundreds); data parallelism all-reduces its slices.
 Tensor flatten_grads(Backend& be, const std::vector<Param*>& params);
 
 // Per-step state passed down through forward and backward: the backend, training mode and the

@@ -131,4 +131,28 @@ TEST_P(GradBucketsTest, SumsEveryGradientOnceInOrder) {
 
 INSTANTIATE_TEST_SUITE_P(Overlap, GradBucketsTest, ::testing::Values(true, false));
 
+// flatten_grads keeps every gradient's values and shape, lays them out in the order given, and
+// one fill of the buffer zeroes them all.
+TEST(FlattenGrads, KeepsValuesInOrderAndZeroesInOneFill) {
+  CpuBackend be;
+  std::vector<Param> ps;
+  ps.push_back(make_param(be, "a", {2, 3}, DType::f32));
+  ps.push_back(make_param(be, "b", {5}, DType::f32));
+  ps.push_back(make_param(be, "c", {1, 1, 4}, DType::f32));
+  float v = 1;
+  for (Param& p : ps)
+    for (int64_t i = 0; i < p.grad.numel(); ++i) p.grad.data<float>()[i] = v++;
+  Tensor flat = flatten_grads(be, {&ps[2], &ps[0], &ps[1]});
+  ASSERT_EQ(flat.numel(), 15);
+  EXPECT_EQ(ps[0].grad.shape(), (Shape{2, 3}));
+  EXPECT_EQ(ps[2].grad.shape(), (Shape{1, 1, 4}));
+  // c (values 12..15), then a (1..6), then b (7..11).
+  const std::vector<float> want = {12, 13, 14, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+  for (int64_t i = 0; i < 15; ++i) EXPECT_EQ(flat.data<float>()[i], want[i]) << i;
+  EXPECT_EQ(ps[0].grad.data<float>(), flat.data<float>() + 4);
+  be.zero(flat);
+  for (Param& p : ps)
+    for (int64_t i = 0; i < p.grad.numel(); ++i) ASSERT_EQ(p.grad.data<float>()[i], 0.f);
+}
+
 }  // namespace
