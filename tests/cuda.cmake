@@ -18,4 +18,11 @@ endforeach()
 gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "bwd_keys128."
                      TEST_FILTER "Attention/FlashLaunchers.*:AttentionDropout.MatchesCpuF64WithTheSameSeed"
                      PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_BWD_KEYS=128)
+# The head_dim-64 forward's other tilings (MH_FLASH_FWD_TILE, for tuning runs): the launcher
+# tests at head_dim 64 again with each.
+foreach(tile 64x128 128x64 128x128)
+  gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "fwd_tile${tile}."
+                       TEST_FILTER "Attention/FlashLaunchers.*d64"
+                       PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_FWD_TILE=${tile})
+endforeach()
 

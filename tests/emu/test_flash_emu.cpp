@@ -132,6 +132,14 @@ TEST(FlashEmu, OtherTileSizes) {
   run_case<__nv_bfloat16, 64, 32, 128, 128, 32>({"tiles 128", 1, {150}, {150}, false, 0.1f}, 14);
 }
 
+TEST(FlashEmu, ForwardTilings) {
+  // The launcher's other head_dim-64 forwards (MH_FLASH_FWD_TILE): 64x128, 128x64, 128x128.
+  run_case<__nv_bfloat16, 64, 64, 128>({"fwd 64x128", 1, {150}, {150}, true}, 19);
+  run_case<__half, 64, 128, 64>(
+      {"fwd 128x64 packed cross", 1, {9, 140}, {200, 5}, false, 0.2f, true}, 20);
+  run_case<__nv_bfloat16, 64, 128, 128>({"fwd 128x128", 1, {140, 140}, {140, 61}, true}, 21);
+}
+
 TEST(FlashEmu, BackwardWith128Keys) {
   // The launcher's other head_dim-64 backward (MH_FLASH_BWD_KEYS=128): 8 warps, 64 query rows.
   run_case<__half, 64, kFwdBM, kFwdBN, 128, 64>(

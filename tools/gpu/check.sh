@@ -288,6 +288,11 @@ if ((HAVE_GPU)); then
   # the summary's "cus128" column, to choose the default from a measurement.
   step mh_attention_k128 30 "${MHENV[@]}" MH_FLASH_BWD_KEYS=128 "$MH" bench attention \
     "${ATTN_ARGS[@]}" --impl custom
+  # and with each of the forward's other head_dim-64 tilings (the "forward tilings" table)
+  for tile in 64x128 128x64 128x128; do
+    step "mh_attention_f$tile" 30 "${MHENV[@]}" MH_FLASH_FWD_TILE="$tile" "$MH" bench attention \
+      "${ATTN_ARGS[@]}" --impl custom
+  done
   step torch_attention 45 "$PY" tools/bench/torch_attention_peer.py "${ATTN_ARGS[@]}"
   # torch.compile last: its compile time is the least predictable.
   step torch_small_compile 90 "${PEER[@]}" train "${SMALL_MODEL[@]}" "${SMALL_ARGS[@]}" \
@@ -395,6 +400,21 @@ if mh_att or pt_att:
         c128 = k128.get(k, {}).get("custom_tflops")
         print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
               f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s}")
+# custom's forward with each tiling (rows x keys), beside PyTorch's flash forward.
+tiles = ["64x64", "64x128", "128x64", "128x128"]
+by_tile = {t: {key(r): r for r in rows
+               if r.get("step") == ("mh_attention" if t == "64x64" else f"mh_attention_f{t}")}
+           for t in tiles}
+if any(by_tile[t] for t in tiles[1:]):
+    print(f"\n{'custom forward tilings':26s} " + " ".join(f"{t:>8s}" for t in tiles)
+          + f" {'torch':>8s}  TFLOP/s")
+    for k in sorted(by_tile["64x64"], key=lambda k: (k[0] != "sweep", k[0], k[3], k[4])):
+        if k[2] != 64 or k[1] != "bf16" or k[5] != "fwd":
+            continue
+        vals = [by_tile[t].get(k, {}).get("custom_tflops") for t in tiles]
+        vals.append(pt_att.get(k, {}).get("torch_flash_tflops"))
+        label = f"{k[0]} {'causal' if k[3] else 'full'} L{k[4]}"
+        print(f"{label:26s} " + " ".join(f"{(f'{v:.1f}' if v else '-'):>8s}" for v in vals))
 # The full sweep: every row into attention_full.txt; here custom / torch flash per dtype,
 # head_dim, mask and pass at L >= 1024 (the target range), as min-max.
 mh_full = {key(r): r for r in rows if str(r.get("step", "")).startswith("mh_attention_full_")}

@@ -11,14 +11,21 @@
 // Resources (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads, no spills:
 //   head_dim 64:  158 registers (sm_90a), 167 (sm_80); 24 KiB dynamic shared memory
 //   head_dim 128: 234 registers (sm_90a), 226 (sm_80); 48 KiB dynamic shared memory
+//   head_dim 64, MH_FLASH_FWD_TILE (rows x keys; 128 rows: 8 warps, 256 threads):
+//     64x128: 233 registers (sm_90a), 227 (sm_80); 40 KiB
+//     128x64: 178 (sm_90a), 182 (sm_80); 32 KiB
+//     128x128: 233 (sm_90a), 227 (sm_80); 48 KiB
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "backend/cuda/attention/attention_problem.h"
 #include "backend/cuda/attention/flash_fwd_kernel.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "core/error.h"
 
 namespace mh::cuda {
 
@@ -26,14 +33,45 @@ namespace {
 
 using namespace flash;
 
+// Tiles of the head_dim-64 forward, query rows x keys: 64x64 by default; MH_FLASH_FWD_TILE picks
+// 64x128, 128x64 or 128x128 (FlashAttention-2's for head_dim 64) instead, so that one GPU run can
+// time them all (tools/gpu/check.sh); the default follows the measurements.
+struct FwdTile {
+  int bm, bn;
+};
+FwdTile fwd_tile_d64() {
+  static const FwdTile tile = [] {
+    const char* env = std::getenv("MH_FLASH_FWD_TILE");
+    const std::string v = env ? env : "";
+    if (v.empty() || v == "64x64") return FwdTile{kFwdBM, kFwdBN};
+    if (v == "64x128") return FwdTile{64, 128};
+    if (v == "128x64") return FwdTile{128, 64};
+    if (v == "128x128") return FwdTile{128, 128};
+    user_error("MH_FLASH_FWD_TILE=", v,
+               ": expected 64x64, 64x128, 128x64 or 128x128 (query rows x keys per tile)");
+  }();
+  return tile;
+}
+
+template <typename T, int D, int BM, int BN>
+void launch_fwd_tiles(const AttnProblem& pr, const FwdParams<T>& p, cudaStream_t s) {
+  const int smem = fwd_smem_bytes<T, D, BM, BN>();
+  set_smem_limit_once(flash_fwd_kernel<T, D, BM, BN>, smem);
+  const dim3 grid((pr.max_len_q + BM - 1) / BM, pr.heads, pr.batch);
+  flash_fwd_kernel<T, D, BM, BN><<<grid, fwd_threads(BM), smem, s>>>(p);
+  MH_CUDA_CHECK_LAUNCH();
+}
+
 template <typename T, int D>
 void launch_fwd(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
   const FwdParams<T> p = fwd_params<T>(pr, io);
-  const int smem = fwd_smem_bytes<T, D>();
-  set_smem_limit_once(flash_fwd_kernel<T, D>, smem);
-  const dim3 grid((pr.max_len_q + kFwdBM - 1) / kFwdBM, pr.heads, pr.batch);
-  flash_fwd_kernel<T, D><<<grid, fwd_threads(kFwdBM), smem, s>>>(p);
-  MH_CUDA_CHECK_LAUNCH();
+  if constexpr (D == 64) {
+    const FwdTile t = fwd_tile_d64();
+    if (t.bm == 64 && t.bn == 128) return launch_fwd_tiles<T, D, 64, 128>(pr, p, s);
+    if (t.bm == 128 && t.bn == 64) return launch_fwd_tiles<T, D, 128, 64>(pr, p, s);
+    if (t.bm == 128 && t.bn == 128) return launch_fwd_tiles<T, D, 128, 128>(pr, p, s);
+  }
+  launch_fwd_tiles<T, D, kFwdBM, kFwdBN>(pr, p, s);
 }
 
 }  // namespace
