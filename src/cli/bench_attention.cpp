@@ -58,7 +58,10 @@ const char* const kBenchAttentionDetails =
     "Timing: --warmup untimed fwd+bwd iterations, then --iters, each as forward then backward\n"
     "between cudaEvents on one stream, launched back to back; the median per pass. Where the GPU\n"
     "outruns the host's launches (small problems, naive's many kernels) that wait is included.\n"
-    "Inputs: random values, the same for every implementation.\n";
+    "Inputs: random values, the same for every implementation.\n"
+    "Environment (custom's head_dim-64 tilings, for tuning; also read by training):\n"
+    "  MH_FLASH_FWD_TILE=64x64|64x128|128x64|128x128   forward query rows x keys (64x64)\n"
+    "  MH_FLASH_BWD_KEYS=64|128                         backward keys per block (64)\n";
 
 int bench_attention(int argc, char** argv);
 
