@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <barrier>
+#include <cassert>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -178,6 +179,11 @@ inline float shfl_xor(float v, int lane_mask) {
 }
 inline void atomic_add(float* p, float v) {
   std::atomic_ref<float>(*p).fetch_add(v);
+}
+inline void atomic_add2(float* p, float a, float b) {
+  assert(reinterpret_cast<uintptr_t>(p) % 8 == 0 && "atomic_add2 needs 8-byte alignment");
+  atomic_add(p, a);
+  atomic_add(p + 1, b);
 }
 
 template <typename T>

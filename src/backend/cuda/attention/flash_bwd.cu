@@ -6,7 +6,8 @@
 //                 registers, and walks the query blocks that can see them. Per query block it
 //                 recomputes Sᵀ = K Qᵀ and Pᵀ = exp(scale·Sᵀ − lse) from the saved log-sum-exp,
 //                   dV += (P∘Z)ᵀ dO,  dPᵀ = V dOᵀ,  dSᵀ = Pᵀ ∘ ((dP∘Z)ᵀ − D) · scale,
-//                   dK += dSᵀ Q,      dQ += dS K  (fp32 atomics: blocks of other keys add too),
+//                   dK += dSᵀ Q,      dQ += dS K  (fp32 atomics: blocks of other keys add too;
+//                                                    pairs as one float2 atomic on sm_90),
 //                 where Z is the dropout mask scaled by 1/(1-p) (all ones without dropout).
 //                 Each warp owns 16 keys, so Pᵀ and dSᵀ stay in registers for dV and dK; dS goes
 //                 through shared memory once, for dQ, whose rows span all four warps' keys.

@@ -255,10 +255,8 @@ flash_bwd_kernel(const BwdParams<T> p) {
         if (ql >= q_here) continue;
         float* dst = p.dq_acc + (sr.q0 + m0 + ql) * rs + h * D + d0 + 2 * t4;
 #pragma unroll
-        for (int dt = 0; dt < DW / 8; ++dt) {
-          atomic_add(dst + dt * 8, dq[dt][2 * r]);
-          atomic_add(dst + dt * 8 + 1, dq[dt][2 * r + 1]);
-        }
+        for (int dt = 0; dt < DW / 8; ++dt)
+          atomic_add2(dst + dt * 8, dq[dt][2 * r], dq[dt][2 * r + 1]);
       }
       if (more) store_stats(cur ^ 1);  // read by the next step, after its barrier
       block_sync();  // the next step overwrites sdS, and the step after it this block's buffers

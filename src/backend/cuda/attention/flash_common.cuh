@@ -69,8 +69,15 @@ __device__ __forceinline__ void block_sync() {
 __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
-__device__ __forceinline__ void atomic_add(float* p, float v) {
-  atomicAdd(p, v);
+// p[0] += a, p[1] += b (p 8-byte aligned; each element atomic by itself): one vector atomic on
+// sm_90+ (atomicAdd on float2 is Hopper's), two scalar ones before. Halves dQ's atomics.
+__device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
 }
 
 // d += a · b (m16n8k16, fp32 accumulate)
