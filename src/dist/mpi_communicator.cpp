@@ -300,11 +300,23 @@ void MpiCommunicator::drive_until_done(const Work::State& state) {
     }
   } counted(*this);
   std::lock_guard<std::mutex> drive(drive_mu_);
+  // Tests without yielding for the first kWaitSpin after the last change (a step of a short
+  // collective ends within microseconds; a sched_yield is a system call each time), then yields
+  // between tests so that a peer on the same core can run.
+  constexpr auto kWaitSpin = std::chrono::microseconds(20);
+  auto spin_until = Clock::now() + kWaitSpin;
   while (!state.done_flag.load(std::memory_order_acquire)) {
     const bool was_active = active_.has_value();
+    const uint64_t before = progress_;
     // It is queued or in flight, so there is something to drive until it completes.
     MH_CHECK(drive_once(), name_, ": waiting on a collective that is not pending");
-    if (active_.has_value() == was_active) sched_yield();  // nothing changed: let peers run
+    if (active_.has_value() != was_active || progress_ != before) {
+      spin_until = Clock::now() + kWaitSpin;
+    } else if (Clock::now() < spin_until) {
+      cpu_relax();
+    } else {
+      sched_yield();  // nothing changed for a while: let peers run
+    }
   }
 }
 
