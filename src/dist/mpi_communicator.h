@@ -42,8 +42,9 @@
 // (8-16% of the step exposed against 2-3%); 20 us, before the rings, cost ~90 ms. (Progress
 // calls from the compute thread, a test() of the oldest bucket at every gradient report, made
 // training slower in 5 of 5 paired runs, by 3-11% and once 35%; not kept.) The final wait drives
-// at full speed. A driving waiter tests without sleeping (sched_yield between tests, for
-// oversubscribed runs): its thread has nothing else to do.
+// at full speed. A driving waiter tests without sleeping: back to back for 20 us after each
+// change, then with sched_yield between tests (for oversubscribed runs); its thread has nothing
+// else to do.
 //
 // All-reduces under kRingAllReduceMinBytes stay MPI_Iallreduce. World::init makes Open MPI's
 // nonblocking all-reduce use Rabenseifner's algorithm (see world.cpp): its default, a binomial
