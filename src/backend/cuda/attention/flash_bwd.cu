@@ -18,11 +18,12 @@
 // Problem, layouts, masks and dropout bits: attention_problem.h.
 //
 // Resources of flash_bwd (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads:
-//   head_dim 64  (kBM 64): 254 registers (sm_90a), 255 (sm_80), no spills; 57 KiB shared
-//   head_dim 128 (kBM 32): 251 registers (sm_90a), no spills; 255 and 4 B spilled (sm_80);
-//                          68.5 KiB shared
-//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 246 registers (sm_90a), 254
+//   head_dim 64  (kBM 64): 248 registers (sm_90a), 246 (sm_80), no spills; 57 KiB shared
+//   head_dim 128 (kBM 32): 251 registers (sm_90a), 252 (sm_80), no spills; 68.5 KiB shared
+//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 248 registers (sm_90a), 246
 //                          (sm_80), no spills; 81 KiB shared; one block (8 warps) per SM
+//   (Steps without a mask to evaluate, all_visible, took 6-9 registers off and ended sm_80's
+//   head_dim-128 spill.)
 // Two blocks (8 warps) per SM, as FlashAttention-2's one block of 8 warps. On an H200 the version
 // without the pipeline ran at 82–88 TFLOP/s (head_dim 64, bf16, L 1024–4096), a third of
 // PyTorch's flash backward (docs/perf/attention.md); this one has not been timed on a GPU yet.

@@ -114,16 +114,28 @@ flash_fwd_kernel(const FwdParams<T> p) {
       }
     }
 
-    // Scale into base 2, mask, and the online softmax update of this lane's two rows.
+    // Scale into base 2, mask, and the online softmax update of this lane's two rows. A tile
+    // whose every key is valid and (causal) at or before the block's first query needs no mask:
+    // the per-element compares are spent only on the tiles at the edges and the diagonal.
+    if (n0 + BN <= sr.len_k && (!p.causal || n0 + BN - 1 <= m0)) {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= p.scale_log2;
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
+          const bool visible = col < sr.len_k && (!p.causal || col <= row);
+          s[nt][e] = visible ? s[nt][e] * p.scale_log2 : -INFINITY;
+        }
+      }
+    }
     float mx[2] = {m_run[0], m_run[1]};
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
-        const bool visible = col < sr.len_k && (!p.causal || col <= row);
-        s[nt][e] = visible ? s[nt][e] * p.scale_log2 : -INFINITY;
-      }
       mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
       mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
     }
