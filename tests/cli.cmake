@@ -13,6 +13,13 @@ function(mh_cli_test name code pattern)
   set_tests_properties(cli.${name} PROPERTIES LABELS cli)
 endfunction()
 
+# mh_cli_output_test(NAME REGEX ARGS...): `multihead ARGS...` prints output matching REGEX.
+function(mh_cli_output_test name regex)
+  add_test(NAME cli.${name} COMMAND $<TARGET_FILE:multihead> ${ARGN}
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cli.${name} PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION "${regex}")
+endfunction()
+
 # Success.
 mh_cli_test(help 0 "" --help)
 mh_cli_test(info_help 0 "" info --help)
@@ -25,11 +32,9 @@ mh_cli_test(info_paper_big 0 "" info --config configs/paper-big.yaml)
 mh_cli_test(info_embedded 0 "" info)
 mh_cli_test(config_print 0 "" config --config configs/paper-base.yaml)
 mh_cli_test(config_help_keys 0 "" config --help-keys)
-add_test(NAME cli.info_json
-         COMMAND $<TARGET_FILE:multihead> info --config configs/paper-base.yaml
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(cli.info_json PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
-  "^{\"config\": \"configs/paper-base.yaml\", \"params\": 63082496, .*\"backends\": \\[\"cpu\"(\\]|, \"cuda\"\\], \"cuda_devices\": [0-9]+)")
+mh_cli_output_test(info_json
+  "^{\"config\": \"configs/paper-base.yaml\", \"params\": 63082496, .*\"backends\": \\[\"cpu\"(\\]|, \"cuda\"\\], \"cuda_devices\": [0-9]+)"
+  info --config configs/paper-base.yaml)
 
 # Bad input: exit 2, one line naming file, line, key and value.
 mh_cli_test(unknown_key 2
@@ -86,30 +91,19 @@ endif()
 
 # bench train --profile: the per-op table after the timed steps (text and JSON); a negative count
 # is refused.
-add_test(NAME cli.bench_train_profile
-         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --profile 1
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(cli.bench_train_profile PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
-  "per op over 1 profiled step.* all ops\n")
-add_test(NAME cli.bench_train_profile_json
-         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --profile 2
-                 --json
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(cli.bench_train_profile_json PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
-  "\"profile_steps\": 2, \"profile\": \\[{\"op\": \"[^\"]+\", \"calls\": [0-9.]+, \"ms\": [0-9.]+}")
+mh_cli_output_test(bench_train_profile "per op over 1 profiled step.* all ops\n"
+  bench train --batch 4 --steps 1 --warmup 0 --profile 1)
+mh_cli_output_test(bench_train_profile_json
+  "\"profile_steps\": 2, \"profile\": \\[{\"op\": \"[^\"]+\", \"calls\": [0-9.]+, \"ms\": [0-9.]+}"
+  bench train --batch 4 --steps 1 --warmup 0 --profile 2 --json)
 mh_cli_test(bench_train_bad_profile 2
   "multihead: error: bench train: --profile must be >= 0 (steps), not -1" bench train --profile -1)
 # bench train --rounds: every round's tokens/s (text and JSON); 0 rounds are refused.
-add_test(NAME cli.bench_train_rounds
-         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --rounds 3
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(cli.bench_train_rounds PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
-  "tokens/s by round \\(the median above\\): [0-9]+ [0-9]+ [0-9]+\n")
-add_test(NAME cli.bench_train_rounds_json
-         COMMAND $<TARGET_FILE:multihead> bench train --batch 4 --steps 1 --warmup 0 --rounds 2
-                 --json
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(cli.bench_train_rounds_json PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION
-  "\"rounds\": 2, \"rounds_tokens_per_s\": \\[[0-9.]+, [0-9.]+\\]")
+mh_cli_output_test(bench_train_rounds
+  "tokens/s by round \\(the median above\\): [0-9]+ [0-9]+ [0-9]+\n"
+  bench train --batch 4 --steps 1 --warmup 0 --rounds 3)
+mh_cli_output_test(bench_train_rounds_json
+  "\"rounds\": 2, \"rounds_tokens_per_s\": \\[[0-9.]+, [0-9.]+\\]"
+  bench train --batch 4 --steps 1 --warmup 0 --rounds 2 --json)
 mh_cli_test(bench_train_bad_rounds 2
   "multihead: error: bench train: --rounds must be >= 1, not 0" bench train --rounds 0)
