@@ -183,35 +183,38 @@ double CudaBackend::sum_squares(const Tensor& x) {
   return sum_squares_all({&x});
 }
 
+int64_t* CudaBackend::upload_list(DeviceList& l, std::vector<int64_t> list) {
+  if (list != l.host) {
+    l.host = std::move(list);
+    l.dev = empty({static_cast<int64_t>(l.host.size() * sizeof(int64_t))}, DType::u8);
+    // From the member: the stream may still be reading the copy when this returns.
+    MH_CUDA_CHECK(cudaMemcpyAsync(l.dev.raw(), l.host.data(), l.host.size() * sizeof(int64_t),
+                                  cudaMemcpyHostToDevice, compute_));
+  }
+  return static_cast<int64_t*>(l.dev.raw());
+}
+
 double CudaBackend::sum_squares_all(const std::vector<const Tensor*>& xs) {
   Tensor out = sums_.view({3}).rows(0, 1);
   MH_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, sizeof(double), compute_));
   // F32 tensors (gradients) in one launch; any other dtype by itself. Each adds into `out`.
-  std::vector<int64_t> ptrs, sizes;
+  // Layout of the device list: xs*[n], sizes[n], first_block[n + 1] (8 bytes each).
+  std::vector<int64_t> list, sizes;
   for (const Tensor* x : xs) {
     if (x->numel() == 0) continue;
     if (x->dtype() != DType::f32 || x->device() != Device::cuda) {
       cuda::sum_squares(*x, out, compute_);
       continue;
     }
-    ptrs.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(x->raw())));
+    list.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(x->raw())));
     sizes.push_back(x->numel());
   }
-  if (!ptrs.empty()) {
-    // Layout of the device list: xs*[n], sizes[n], first_block[n + 1] (8 bytes each).
-    const size_t n = ptrs.size();
+  if (!sizes.empty()) {
+    const size_t n = sizes.size();
     const std::vector<int64_t> first = cuda::sum_squares_first_blocks(sizes);
-    std::vector<int64_t> list = ptrs;
     list.insert(list.end(), sizes.begin(), sizes.end());
     list.insert(list.end(), first.begin(), first.end());
-    if (list != sum_list_host_) {
-      sum_list_host_ = std::move(list);
-      sum_list_dev_ = empty({static_cast<int64_t>(sum_list_host_.size() * 8)}, DType::u8);
-      // From a member: the stream may still be reading the copy when this returns.
-      MH_CUDA_CHECK(cudaMemcpyAsync(sum_list_dev_.raw(), sum_list_host_.data(),
-                                    sum_list_host_.size() * 8, cudaMemcpyHostToDevice, compute_));
-    }
-    const auto* dev = static_cast<const int64_t*>(sum_list_dev_.raw());
+    const int64_t* dev = upload_list(sum_list_, std::move(list));
     cuda::sum_squares_multi({reinterpret_cast<const float* const*>(dev), dev + n, dev + 2 * n,
                              static_cast<int>(n), first.back()},
                             out, compute_);
@@ -259,14 +262,7 @@ void CudaBackend::adam_step_all(const std::vector<AdamSlot>& slots, double lr, d
     ++count;
   }
   if (count == 0) return;
-  if (list != adam_list_host_) {
-    adam_list_host_ = std::move(list);
-    adam_list_dev_ = empty({static_cast<int64_t>(adam_list_host_.size() * 8)}, DType::u8);
-    // From a member: the stream may still be reading the copy when this returns.
-    MH_CUDA_CHECK(cudaMemcpyAsync(adam_list_dev_.raw(), adam_list_host_.data(),
-                                  adam_list_host_.size() * 8, cudaMemcpyHostToDevice, compute_));
-  }
-  auto* dev = static_cast<int64_t*>(adam_list_dev_.raw());
+  int64_t* dev = upload_list(adam_list_, std::move(list));
   cuda::AdamTensorList l{reinterpret_cast<float**>(dev),
                          reinterpret_cast<float**>(dev + n),
                          reinterpret_cast<float**>(dev + 2 * n),

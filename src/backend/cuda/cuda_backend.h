@@ -118,13 +118,15 @@ class CudaBackend : public Backend {
   Tensor key_len_dev_;
   Tensor sums_;  // F64 [3] for softmax_xent and sum_squares
   std::unique_ptr<cuda::CudnnSdpa> cudnn_sdpa_;
-  // adam_step_all's pointer and size lists on the device, rebuilt only when the tensors change
-  // (the parameters of a run are the same every step).
-  std::vector<int64_t> adam_list_host_;
-  Tensor adam_list_dev_;
-  // sum_squares_all's list, likewise kept while the tensors stay the same (every step's grads).
-  std::vector<int64_t> sum_list_host_;
-  Tensor sum_list_dev_;
+  // A list of pointers and sizes mirrored on the device, uploaded again only when it changes
+  // (the parameters and gradients of a run are the same every step): adam_step_all's and
+  // sum_squares_all's.
+  struct DeviceList {
+    std::vector<int64_t> host;
+    Tensor dev;
+  };
+  int64_t* upload_list(DeviceList& l, std::vector<int64_t> list);
+  DeviceList adam_list_, sum_list_;
   std::set<std::string> attn_notes_;    // fallback notes already printed
   std::set<std::string> linear_notes_;  // unfused-linear notes already printed
 };
