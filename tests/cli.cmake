@@ -107,3 +107,5 @@ mh_cli_output_test(bench_train_rounds_json
   bench train --batch 4 --steps 1 --warmup 0 --rounds 2 --json)
 mh_cli_test(bench_train_bad_rounds 2
   "multihead: error: bench train: --rounds must be >= 1, not 0" bench train --rounds 0)
+mh_cli_test(bench_comm_bad_seconds 2
+  "multihead: error: bench comm: --seconds 0: expected a time in (0, 3600]" bench comm --seconds 0)

@@ -43,6 +43,15 @@ set_tests_properties(mpi.bench_comm.np2 PROPERTIES LABELS mpi TIMEOUT ${MH_MPI_T
                      PASS_REGULAR_EXPRESSION "# all #wrong: 0\n"
                      FAIL_REGULAR_EXPRESSION "error|ERROR|# all #wrong: [1-9]")
 
+# The same with the count of timed collectives set by --seconds (a probe, agreed over ranks).
+add_test(NAME mpi.bench_comm_seconds.np2
+         COMMAND ${MH_MPIRUN} ${MPIEXEC_NUMPROC_FLAG} 2 $<TARGET_FILE:multihead> bench comm
+                 --op all_gather --min 4K --max 256K --seconds 0.01)
+set_tests_properties(mpi.bench_comm_seconds.np2 PROPERTIES LABELS mpi TIMEOUT ${MH_MPI_TIMEOUT}
+                     PROCESSORS 2 ENVIRONMENT "${MH_MPI_TEST_ENV}"
+                     PASS_REGULAR_EXPRESSION "# all #wrong: 0\n"
+                     FAIL_REGULAR_EXPRESSION "error|ERROR|# all #wrong: [1-9]")
+
 add_test(NAME mpi.bench_comm_help COMMAND $<TARGET_FILE:multihead> bench comm --help)
 set_tests_properties(mpi.bench_comm_help PROPERTIES LABELS mpi TIMEOUT 30
                      ENVIRONMENT "${MH_MPI_TEST_ENV}"

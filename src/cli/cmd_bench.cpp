@@ -244,8 +244,8 @@ const char* const kBenchCommDetails =
     "           rank (the whole array, n chunks); all_gather: the output of each rank (n chunks)\n"
     "  count    elements in S\n"
     "  type     element type;  redop: the reduction (none for all_gather)\n"
-    "  time     microseconds per collective: the mean over --iters on each rank, then the max\n"
-    "           over ranks\n"
+    "  time     microseconds per collective: the mean over the timed ones (--iters, or as many\n"
+    "           as fill --seconds) on each rank, then the max over ranks\n"
     "  algbw    S / time, GB/s (1e9 bytes)\n"
     "  busbw    algbw x 2(n-1)/n for all_reduce, algbw x (n-1)/n for reduce_scatter and\n"
     "           all_gather (n ranks): the bandwidth each rank's link sustained, comparable\n"
@@ -300,6 +300,7 @@ struct CommTiming {
 int bench_comm(int argc, char** argv) {
   std::string op_name = "all_reduce", min_text = "4K", max_text = "256M", dtype_text = "f32";
   int64_t iters = 0, warmup = -1;
+  double seconds = 0.5;
   bool json = false, raw_twice = false;
   po::options_description desc;
   desc.add_options()  //
@@ -310,7 +311,10 @@ int bench_comm(int argc, char** argv) {
       ("max", po::value(&max_text)->default_value(max_text),
        "largest size S in bytes; sizes double from --min")  //
       ("iters", po::value(&iters)->default_value(iters),
-       "timed collectives per size and column; 0: 512 MiB / size, within [5, 200]")  //
+       "timed collectives per size and column; 0: as many as fill --seconds (at least 5)")  //
+      ("seconds", po::value(&seconds)->default_value(seconds),
+       "with --iters 0: the time each column spends per size, from a probe of 3 calls; longer "
+       "runs give steadier 'vs raw' on a noisy machine")  //
       ("warmup", po::value(&warmup)->default_value(warmup),
        "untimed collectives first; -1: a tenth of the timed ones (at least 2)")          //
       ("dtype", po::value(&dtype_text)->default_value(dtype_text), "f32 | f64 | i32")    //
@@ -344,6 +348,8 @@ int bench_comm(int argc, char** argv) {
   if (min_bytes > max_bytes)
     user_error("bench comm: --min ", min_text, " exceeds --max ", max_text);
   if (iters < 0) user_error("bench comm: --iters must be >= 0");
+  if (!(seconds > 0 && seconds <= 3600))
+    user_error("bench comm: --seconds ", seconds, ": expected a time in (0, 3600]");
 
   World& world = World::init();
   auto& comm = dynamic_cast<MpiCommunicator&>(world.world_comm());
@@ -430,9 +436,6 @@ int bench_comm(int argc, char** argv) {
     // zeros stay zeros and cost the same to move and add.
     if (op == CommOp::all_reduce) out.zero_();
 
-    const int64_t timed =
-        iters > 0 ? iters : std::clamp<int64_t>((int64_t{512} << 20) / size, 5, 200);
-    const int64_t untimed = warmup >= 0 ? warmup : std::max<int64_t>(2, timed / 10);
     // The two columns alternate in up to 10 pairs of blocks, each block after a barrier, so that
     // both see the same machine (this one is shared and noisy). Raw MPI runs only between
     // blocks of the Communicator, with no Work pending (the SERIALIZED contract).
@@ -452,6 +455,19 @@ int bench_comm(int argc, char** argv) {
       }
       return std::chrono::duration<double>(Clock::now() - t0).count();
     };
+    // How many to time: --iters, or as many as fill --seconds at the slower column's pace in a
+    // probe of 3 calls each after 2 (the max over ranks, so every rank runs the same count). A
+    // fixed count (it was 512 MiB / size, at most 200) made a 1 MB block 1.6 ms long, and one
+    // scheduler tick in it moved that pair's ratio by several %.
+    int64_t timed = iters;
+    if (timed == 0) {
+      run_block(true, 2);
+      run_block(false, 2);
+      double probe_s = std::max(run_block(true, 3), run_block(false, 3)) / 3;
+      MH_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &probe_s, 1, MPI_DOUBLE, MPI_MAX, raw_comm));
+      timed = static_cast<int64_t>(std::clamp(seconds / std::max(probe_s, 1e-7), 5.0, 1e7));
+    }
+    const int64_t untimed = warmup >= 0 ? warmup : std::max<int64_t>(2, timed / 10);
     run_block(true, untimed);
     run_block(false, untimed);
     const int64_t blocks = std::min<int64_t>(timed, 10);

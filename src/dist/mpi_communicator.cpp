@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/sysinfo.h>
 #include <time.h>
 #if defined(__linux__)
 #include <sys/prctl.h>
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "dist/work_state.h"
@@ -94,6 +96,22 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, MpiPolling pol
   MH_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   MH_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   MH_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  if (polling_.waiter_yields < 0) {
+    MPI_Comm node = MPI_COMM_NULL;
+    int ranks_on_node = 1;
+    MH_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+    MH_MPI_CHECK(MPI_Comm_size(node, &ranks_on_node));
+    MH_MPI_CHECK(MPI_Comm_free(&node));
+    polling_.waiter_yields = node_oversubscribed(ranks_on_node) ? 1 : 0;
+  }
+}
+
+bool node_oversubscribed(int ranks_on_node) {
+  for (const char* var : {"OMPI_MCA_mpi_oversubscribe", "OMPI_MCA_mpi_yield_when_idle"}) {
+    const char* v = std::getenv(var);
+    if (v && (std::strcmp(v, "1") == 0 || std::strcmp(v, "true") == 0)) return true;
+  }
+  return ranks_on_node > get_nprocs();
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -216,7 +234,10 @@ Work MpiCommunicator::submit(Op op) {
     queue_.push_back(std::move(op));
     ++pending_;
     if (!thread_.joinable()) thread_ = std::thread([this] { progress_loop(); });
-    wake = sleeping_;
+    // No wake while a waiter drives, or within driver_grace_us of one leaving: the caller is
+    // then most likely about to wait() on this one too, and will drive it itself.
+    wake = sleeping_ && drivers_ == 0 &&
+           Clock::now() - last_driver_exit_ >= std::chrono::microseconds(polling_.driver_grace_us);
   }
   if (wake) queue_cv_.notify_one();
   return work;
@@ -228,25 +249,17 @@ void MpiCommunicator::progress_loop() {
   prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
 #endif
   using us = std::chrono::microseconds;
-  auto last_work = Clock::now();
-  int linger_nap_us = polling_.linger_first_us;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
       if (pending_ == 0 && stop_) return;  // every issued collective has completed
       if (pending_ == 0 || drivers_ > 0) {
-        if (drivers_ == 0 && Clock::now() - last_work >= us(polling_.linger_us)) {
-          sleeping_ = true;  // submit() wakes it from here
-          queue_cv_.wait(lock, [&] { return stop_ || pending_ > 0; });
-          sleeping_ = false;
-          linger_nap_us = polling_.linger_first_us;
-          continue;
-        }
-        lock.unlock();
-        // Lingering: recent collectives make more likely; a nap instead of the wake-up a
-        // submit() would need (a thread switch on the submitter's core per collective).
-        std::this_thread::sleep_for(us(linger_nap_us));
-        linger_nap_us = std::min(2 * linger_nap_us, polling_.linger_nap_us);
+        // Nothing for it to drive: it sleeps until submit() or a leaving driver wakes it, or for
+        // at most park_us (a collective whose submit() skipped the wake, see there).
+        sleeping_ = true;
+        queue_cv_.wait_for(lock, us(polling_.park_us),
+                           [&] { return stop_ || (pending_ > 0 && drivers_ == 0); });
+        sleeping_ = false;
         continue;
       }
     }
@@ -276,8 +289,6 @@ void MpiCommunicator::progress_loop() {
         nap_us = std::min(2 * nap_us, polling_.sleep_us);
       }
     }
-    last_work = Clock::now();
-    linger_nap_us = polling_.linger_first_us;
   }
 }
 
@@ -294,15 +305,16 @@ void MpiCommunicator::drive_until_done(const Work::State& state) {
       bool wake = false;
       {
         std::lock_guard<std::mutex> lock(c.queue_mu_);
+        c.last_driver_exit_ = Clock::now();
         wake = --c.drivers_ == 0 && c.pending_ > 0 && c.sleeping_;
       }
       if (wake) c.queue_cv_.notify_one();
     }
   } counted(*this);
   std::lock_guard<std::mutex> drive(drive_mu_);
-  // Tests without yielding for the first kWaitSpin after the last change (a step of a short
-  // collective ends within microseconds; a sched_yield is a system call each time), then yields
-  // between tests so that a peer on the same core can run.
+  // Tests back to back; where ranks share cores, only for the first kWaitSpin after the last
+  // change (a step of a short collective ends within microseconds; a sched_yield is a system call
+  // each time), then yielding between tests so that a peer on the same core can run.
   constexpr auto kWaitSpin = std::chrono::microseconds(20);
   auto spin_until = Clock::now() + kWaitSpin;
   while (!state.done_flag.load(std::memory_order_acquire)) {
@@ -314,8 +326,10 @@ void MpiCommunicator::drive_until_done(const Work::State& state) {
       spin_until = Clock::now() + kWaitSpin;
     } else if (Clock::now() < spin_until) {
       cpu_relax();
+    } else if (polling_.waiter_yields > 0) {
+      sched_yield();  // nothing changed for a while: let ranks that share this core run
     } else {
-      sched_yield();  // nothing changed for a while: let peers run
+      cpu_relax();
     }
   }
 }

@@ -20,11 +20,16 @@
 // progress thread keeps out of the way. Every thread switch on a rank's core costs (on a VM,
 // ~3-5 us), and the earlier design paid four per collective (submit woke the progress thread,
 // the waiter slept, completion woke the waiter, the progress thread slept again): 10-20 us, 8-20%
-// of a 1 MB all-reduce or all-gather on 2 ranks. Now submit() wakes the progress thread only if
-// it is asleep, and it sleeps only after MpiPolling::linger_us without collectives; before that
-// it lingers, looking at the queue between naps of up to linger_nap_us. A collective issued and
-// waited for at once therefore runs entirely on the waiting thread, and `bench comm` is within a
-// few % of the blocking MPI call from 1 MB on (docs/perf/comm.md).
+// of a 1 MB all-reduce or all-gather on 2 ranks. Now a collective issued and waited for at once
+// runs entirely on the waiting thread: with nothing to drive, the progress thread sleeps on
+// queue_cv_, and submit() wakes it only when no thread drives and none stopped driving in the
+// last MpiPolling::driver_grace_us (a caller that waited on its last collective is most likely
+// about to wait on this one too); a driver that leaves collectives queued wakes it. Should a
+// collective be issued within the grace and not waited for, the thread finds it when its
+// sleep times out (MpiPolling::park_us). It does not nap and look: a thread waking every 1 ms
+// cost 3-5% of a 1 MB all-gather here (timer interrupt, two switches, on a VM), more than the
+// whole remaining overhead; `bench comm` is now within a few % of the blocking MPI call from
+// 1 MB on (docs/perf/comm.md).
 //
 // How the progress thread polls a collective in flight that nobody waits for (gradient buckets
 // during backward). It shares a core with the compute thread (mpirun binds each rank to one core
@@ -43,8 +48,9 @@
 // calls from the compute thread, a test() of the oldest bucket at every gradient report, made
 // training slower in 5 of 5 paired runs, by 3-11% and once 35%; not kept.) The final wait drives
 // at full speed. A driving waiter tests without sleeping: back to back for 20 us after each
-// change, then with sched_yield between tests (for oversubscribed runs); its thread has nothing
-// else to do.
+// change, then, only where ranks share cores (MpiPolling::waiter_yields), with sched_yield
+// between tests; its thread has nothing else to do. Not yielding costs this rank's own progress
+// thread nothing: it sleeps while a waiter drives, and preempts the spinning waiter if it wakes.
 //
 // All-reduces under kRingAllReduceMinBytes stay MPI_Iallreduce. World::init makes Open MPI's
 // nonblocking all-reduce use Rabenseifner's algorithm (see world.cpp): its default, a binomial
@@ -70,6 +76,7 @@
 #endif
 #include <mpi.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -110,12 +117,21 @@ struct MpiPolling {
   int spin_us = 5;         // tight MPI_Test loop after a collective starts or ends
   int first_sleep_us = 2;  // then sleeps between tests, doubling from this ...
   int sleep_us = 100;      // ... up to this
-  // With nothing to drive, the thread lingers for linger_us, sleeping linger_first_us, doubling
-  // up to linger_nap_us, between looks at the queue, before it sleeps until woken.
-  int linger_us = 100'000;
-  int linger_first_us = 50;
-  int linger_nap_us = 1000;
+  // With nothing to drive the thread sleeps until woken, or for at most park_us. submit() does
+  // not wake it within driver_grace_us after a waiting thread stopped driving.
+  int driver_grace_us = 1000;
+  int park_us = 20'000;
+  // Whether a driving waiter yields its core between tests once nothing has changed for 20 us:
+  // 1 yes, 0 no, -1 decide at construction (node_oversubscribed over the communicator's ranks).
+  int waiter_yields = -1;
 };
+
+// True when this node runs more ranks than it has CPUs (`ranks_on_node` of them), or when Open
+// MPI says it oversubscribed the node or was asked to yield when idle. Ranks then share cores, and
+// a rank spinning on a collective would keep the peer it waits for off the core until the
+// scheduler's tick; otherwise spinning is the fastest wait (sched_yield is a system call each
+// test: 2% of a 1 MB all-gather on 2 ranks).
+bool node_oversubscribed(int ranks_on_node);
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -198,7 +214,8 @@ class MpiCommunicator final : public Communicator {
   std::deque<Op> queue_;
   int pending_ = 0;        // issued, not yet complete (queued or in flight)
   int drivers_ = 0;        // waiting threads driving, or about to (the progress thread steps aside)
-  bool sleeping_ = false;  // the progress thread waits on queue_cv_ (submit() must wake it)
+  bool sleeping_ = false;  // the progress thread waits on queue_cv_ (submit() may wake it)
+  std::chrono::steady_clock::time_point last_driver_exit_{};  // when a waiter last stopped driving
   bool stop_ = false;
   std::thread thread_;
 

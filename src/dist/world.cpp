@@ -79,10 +79,11 @@ void init_mpi() {
 
 // A communicator for `comm`'s ranks of equal `color`, ordered by rank; `comm` split, duplicated
 // by MpiCommunicator, and the split freed.
-std::unique_ptr<Communicator> split_comm(int color, int key, const std::string& name) {
+std::unique_ptr<Communicator> split_comm(int color, int key, const std::string& name,
+                                         const MpiPolling& polling) {
   MPI_Comm part = MPI_COMM_NULL;
   MH_MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &part));
-  auto comm = std::make_unique<MpiCommunicator>(part, name);
+  auto comm = std::make_unique<MpiCommunicator>(part, name, polling);
   MH_MPI_CHECK(MPI_Comm_free(&part));
   return comm;
 }
@@ -114,9 +115,12 @@ struct WorldBuilder {
     if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
     w->hostname_ = host;
 
-    w->world_comm_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "mpi:world");
-    w->tp_comm_ = split_comm(w->rank_ / tp, w->rank_, "mpi:tp");
-    w->dp_comm_ = split_comm(w->rank_ % tp, w->rank_, "mpi:dp");
+    // Whether waiters yield is a property of the node (all its ranks), not of a dp or tp group.
+    MpiPolling polling;
+    polling.waiter_yields = node_oversubscribed(w->local_size_) ? 1 : 0;
+    w->world_comm_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "mpi:world", polling);
+    w->tp_comm_ = split_comm(w->rank_ / tp, w->rank_, "mpi:tp", polling);
+    w->dp_comm_ = split_comm(w->rank_ % tp, w->rank_, "mpi:dp", polling);
     return w.release();
   }
 };

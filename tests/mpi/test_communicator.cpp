@@ -333,24 +333,30 @@ TEST(Communicator, DestructorDrainsTheQueue) {
   }
 }
 
-// Nobody waits: the progress thread alone must complete a collective, whether it was asleep
-// (linger_us 0: submit() must wake it) or lingering (linger_us longer than the test: it must find
-// the collective by itself). One test() drives at most one step (it starts a queued collective,
-// or tests the one in flight once), so a collective complete at the first test() after the pause
-// was started and driven by the progress thread.
+// Nobody waits: the progress thread alone must complete a collective, in each way it can be
+// asleep when the collective is issued: on a fresh communicator (submit() must wake it), right
+// after waits that drove collectives on this thread (within the driver grace submit() skips the
+// wake, and the thread must find it when its sleep times out), and with no grace (woken at once).
+// One test() drives at most one step (it starts a queued collective, or tests the one in flight
+// once), so a collective complete at the first test() after the pause was started and driven by
+// the progress thread.
 TEST(Communicator, ProgressWithoutWaiting) {
   const int n = world().size(), r = world().rank();
-  for (const int linger_us : {0, 10'000'000}) {
+  for (const int grace_us : {1'000'000, 0}) {
     MpiPolling polling;
-    polling.linger_us = linger_us;
+    polling.driver_grace_us = grace_us;
+    polling.park_us = 20'000;
     MpiCommunicator comm(MPI_COMM_WORLD, "mpi:nowait", polling);
     const int64_t count = 100000;
     for (int k = 0; k < 3; ++k) {
       Tensor t = make_tensor(rank_values(r, count, DType::f32, 300 + k), DType::f32);
+      // Two collectives waited for at once: at least the second is driven by this thread (its
+      // submit() falls in the first one's grace), so a driver has just left.
+      if (k > 0) comm.barrier().wait(), comm.barrier().wait();
       Work w = comm.all_reduce(t, ReduceOp::sum);
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      EXPECT_TRUE(w.test()) << "collective " << k << " (linger_us " << linger_us
-                            << ") not completed by the progress thread";
+      EXPECT_TRUE(w.test()) << "collective " << k << " (driver grace " << grace_us
+                            << " us) not completed by the progress thread";
       w.wait();
       EXPECT_EQ(count_wrong(t, reduce_all_ranks(n, count, DType::f32, ReduceOp::sum, 300 + k)), 0);
     }
