@@ -235,8 +235,8 @@ int bench_train(int argc, char** argv) {
 const char* const kBenchCommDetails =
     "Runs on every rank of the world (start it with mpirun); rank 0 prints one row per size, from\n"
     "--min to --max bytes, doubling. Each size is timed twice on the same buffers: through the\n"
-    "multihead Communicator (an async call + Work::wait(), so the hand-off to the progress thread\n"
-    "and back is included) and as the raw blocking MPI call (MPI_Allreduce in place,\n"
+    "multihead Communicator (an async call + Work::wait(), so its queue, Work handle and progress\n"
+    "thread are included) and as the raw blocking MPI call (MPI_Allreduce in place,\n"
     "MPI_Reduce_scatter_block, MPI_Allgather) on the same MPI communicator, with nothing pending.\n"
     "\n"
     "columns (nccl-tests' definitions, https://github.com/NVIDIA/nccl-tests doc/PERFORMANCE.md):\n"

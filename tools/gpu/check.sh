@@ -305,6 +305,24 @@ if ((HAVE_GPU)); then
     step "torch_attention_full_$dt" 60 "$PY" tools/bench/torch_attention_peer.py --dtype "$dt" \
       "${ATTN_FULL[@]}"
   done
+  # Last, budget permitting: hardware counters of one backward and one forward launch (custom,
+  # bf16, head_dim 64, L 2048, no mask): tensor-pipe and shared-memory throughput, stall reasons,
+  # occupancy, for the next round of kernel work (the backward runs at a third of PyTorch's, and
+  # no counter has said why yet).
+  # ncu reads counters on Firecracker machines only (docs: the device tool's KINDS.md); where it
+  # cannot, these steps fail and nothing else does. Full reports in logs.tar.gz.
+  NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null |
+    tail -n 1 || true)
+  if [[ -n "$NCU" ]]; then
+    for kern in bwd fwd; do
+      TAIL_LINES=40 step "ncu_flash_$kern" 45 "${MHENV[@]}" "$NCU" --clock-control none \
+        -k "regex:^flash_${kern}_kernel" -c 1 --section SpeedOfLight \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section Occupancy --section LaunchStats \
+        "$MH" bench attention --dtype bf16 --head-dim 64 --seq 2048 --causal=off --mt-tokens 0 \
+        --impl custom --iters 1 --warmup 0
+    done
+  fi
 fi
 
 # --- 7. results -----------------------------------------------------------------------------------
