@@ -18,15 +18,19 @@
 // Problem, layouts, masks and dropout bits: attention_problem.h.
 //
 // Resources of flash_bwd (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads:
-//   head_dim 64  (kBM 64): 248 registers (sm_90a), 246 (sm_80), no spills; 57 KiB shared
-//   head_dim 128 (kBM 32): 251 registers (sm_90a), 252 (sm_80), no spills; 68.5 KiB shared
-//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 248 registers (sm_90a), 246
+//   head_dim 64  (kBM 64): 252 registers (sm_90a), 248 (sm_80), no spills; 57 KiB shared
+//   head_dim 128 (kBM 32): 255 registers (sm_90a), no spills; 255 (sm_80), 8 bytes spilled;
+//                          68.5 KiB shared
+//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 252 registers (sm_90a), 245
 //                          (sm_80), no spills; 81 KiB shared; one block (8 warps) per SM
-//   (Steps without a mask to evaluate, all_visible, took 6-9 registers off and ended sm_80's
-//   head_dim-128 spill.)
+//   (Steps without a mask to evaluate, all_visible, took 6-9 registers off. Deciding dropout
+//   once per step instead of per element put 3-4 back, and 8 bytes of spill on sm_80's head_dim
+//   128, since the 32 exps of a thread now overlap: without dropout the SASS has no branch
+//   between them, where it had one region per element, each waiting on its exp.)
 // Two blocks (8 warps) per SM, as FlashAttention-2's one block of 8 warps. On an H200 the version
-// without the pipeline ran at 82–88 TFLOP/s (head_dim 64, bf16, L 1024–4096), a third of
-// PyTorch's flash backward (docs/perf/attention.md); this one has not been timed on a GPU yet.
+// without the pipeline and with dropout tested per element ran at 82–88 TFLOP/s (head_dim 64,
+// bf16, L 1024–4096), a third of PyTorch's flash backward (docs/perf/attention.md); this one has
+// not been timed on a GPU yet.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

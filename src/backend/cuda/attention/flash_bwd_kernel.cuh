@@ -179,10 +179,13 @@ flash_bwd_kernel(const BwdParams<T> p) {
 
       // Pᵀ, then s <- P∘Z (for dV) and dp <- dSᵀ (for dK and dQ). A step whose every key and
       // query is valid and (causal) whose last key is at or before its first query evaluates no
-      // mask per element; only the edge and diagonal steps do.
+      // mask per element; only the edge and diagonal steps do. Dropout is decided once per step,
+      // not per element: a branch per element (its test waits on that element's exp) kept the
+      // compiler from overlapping the 32 exps and shared-memory reads of a thread (the SASS had
+      // one branch region per element even without dropout).
       const bool all_visible =
           n0 + BN <= sr.len_k && m0 + kBM <= sr.len_q && (!p.causal || n0 + BN - 1 <= m0);
-      auto p_and_ds = [&](auto masked) {
+      auto p_and_ds = [&](auto masked, auto dropout) {
 #pragma unroll
         for (int nt = 0; nt < kBM / 8; ++nt) {
 #pragma unroll
@@ -190,26 +193,36 @@ flash_bwd_kernel(const BwdParams<T> p) {
             const int key = e < 2 ? key_lo : key_hi, ql = nt * 8 + 2 * t4 + (e & 1), q = m0 + ql;
             const bool visible = !decltype(masked)::value ||
                                  (key < sr.len_k && q < sr.len_q && (!p.causal || key <= q));
-            const float pr = visible ? exp2f(s[nt][e] * p.scale_log2 - sLse[ql]) : 0.f;
+            const float pr = visible ? exp2_fast(s[nt][e] * p.scale_log2 - sLse[ql]) : 0.f;
             float g_val = dp[nt][e], p_used = pr;
-            if (p.dropout && pr != 0.f) {
-              const uint64_t idx =
-                  ((static_cast<uint64_t>(b) * p.heads + h) * p.max_len_q + q) * p.max_len_k + key;
-              const bool keep = (dropout_bits(p.seed, p.offset, idx) >> 8) >= p.drop_threshold;
-              g_val = keep ? g_val * p.drop_scale : 0.f;
-              p_used = keep ? pr * p.drop_scale : 0.f;
+            if constexpr (decltype(dropout)::value) {
+              if (pr != 0.f) {
+                const uint64_t idx =
+                    ((static_cast<uint64_t>(b) * p.heads + h) * p.max_len_q + q) * p.max_len_k +
+                    key;
+                const bool keep = (dropout_bits(p.seed, p.offset, idx) >> 8) >= p.drop_threshold;
+                g_val = keep ? g_val * p.drop_scale : 0.f;
+                p_used = keep ? pr * p.drop_scale : 0.f;
+              }
             }
             dp[nt][e] = pr * (g_val - sDsum[ql]) * p.scale;
             s[nt][e] = p_used;
           }
         }
       };
-      if (all_visible)
-        p_and_ds(std::false_type{});
-      else
-        p_and_ds(std::true_type{});
+      if (p.dropout) {
+        if (all_visible)
+          p_and_ds(std::false_type{}, std::true_type{});
+        else
+          p_and_ds(std::true_type{}, std::true_type{});
+      } else {
+        if (all_visible)
+          p_and_ds(std::false_type{}, std::false_type{});
+        else
+          p_and_ds(std::true_type{}, std::false_type{});
+      }
 
-        // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: A operands from registers, B = dO, Q tiles (trans).
+      // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: A operands from registers, B = dO, Q tiles (trans).
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) {
         uint32_t ap[4], ads[4];

@@ -50,6 +50,21 @@ MH_FLASH_FN int imin(int a, int b) {
   return a < b ? a : b;
 }
 
+// 2^x as one SFU instruction (ex2.approx.ftz: relative error ~2^-22, results below 2^-126 flushed
+// to 0), FlashAttention's exp2f under --use_fast_math. Plain exp2f wraps the MUFU in a range
+// fix-up for such tiny results (a compare, a halving and a squaring) that softmax probabilities
+// do not need. The emulation rounds the same way but for the last bits.
+MH_FLASH_FN float exp2_fast(float x) {
+#if defined(MH_FLASH_EMU)
+  const float r = std::exp2(x);
+  return r < 1.17549435e-38f ? 0.f : r;
+#else
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#endif
+}
+
 #if !defined(MH_FLASH_EMU)
 __device__ __forceinline__ int thread_x() {
   return threadIdx.x;
@@ -212,7 +227,7 @@ struct FlashShape {
   int64_t total_q;
   bool causal;
   float scale;       // softmax scale
-  float scale_log2;  // scale · log2(e): the kernels work in base 2 (exp2f)
+  float scale_log2;  // scale · log2(e): the kernels work in base 2 (exp2_fast)
   bool dropout;
   uint32_t drop_threshold;  // keep iff (bits >> 8) >= threshold (as the CPU's dropout)
   float drop_scale;         // 1 / (1 - p)

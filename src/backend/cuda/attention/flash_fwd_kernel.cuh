@@ -145,7 +145,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
       mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
       mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
       base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row with nothing visible yet stays 0
-      const float alpha = exp2f(m_run[r] - base[r]);
+      const float alpha = exp2_fast(m_run[r] - base[r]);
       m_run[r] = mx[r];
       l_run[r] *= alpha;
 #pragma unroll
@@ -158,7 +158,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
     for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - base[e >> 1]);
+        s[nt][e] = exp2_fast(s[nt][e] - base[e >> 1]);
         l_run[e >> 1] += s[nt][e];  // lane-partial sums; the quad is summed at the end
       }
     }
