@@ -315,21 +315,23 @@ void MpiCommunicator::drive_until_done(const Work::State& state) {
   // Tests back to back; where ranks share cores, only for the first kWaitSpin after the last
   // change (a step of a short collective ends within microseconds; a sched_yield is a system call
   // each time), then yielding between tests so that a peer on the same core can run.
+  // (Without yielding there is nothing to time: no clock reads in the loop.)
   constexpr auto kWaitSpin = std::chrono::microseconds(20);
-  auto spin_until = Clock::now() + kWaitSpin;
+  const bool yields = polling_.waiter_yields > 0;
+  auto spin_until = yields ? Clock::now() + kWaitSpin : Clock::time_point{};
   while (!state.done_flag.load(std::memory_order_acquire)) {
     const bool was_active = active_.has_value();
     const uint64_t before = progress_;
     // It is queued or in flight, so there is something to drive until it completes.
     MH_CHECK(drive_once(), name_, ": waiting on a collective that is not pending");
-    if (active_.has_value() != was_active || progress_ != before) {
+    if (!yields) {
+      cpu_relax();
+    } else if (active_.has_value() != was_active || progress_ != before) {
       spin_until = Clock::now() + kWaitSpin;
     } else if (Clock::now() < spin_until) {
       cpu_relax();
-    } else if (polling_.waiter_yields > 0) {
-      sched_yield();  // nothing changed for a while: let ranks that share this core run
     } else {
-      cpu_relax();
+      sched_yield();  // nothing changed for a while: let ranks that share this core run
     }
   }
 }

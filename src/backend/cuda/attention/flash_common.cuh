@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "backend/cuda/attention/attention_problem.h"
 #include "core/philox.h"
@@ -57,7 +58,7 @@ MH_FLASH_FN int imin(int a, int b) {
 MH_FLASH_FN float exp2_fast(float x) {
 #if defined(MH_FLASH_EMU)
   const float r = std::exp2(x);
-  return r < 1.17549435e-38f ? 0.f : r;
+  return r < std::numeric_limits<float>::min() ? 0.f : r;
 #else
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
