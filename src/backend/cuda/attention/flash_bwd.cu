@@ -42,6 +42,7 @@
 
 #include "backend/cuda/attention/attention_problem.h"
 #include "backend/cuda/attention/flash_bwd_kernel.cuh"
+#include "backend/cuda/attention/flash_bwd_passes.h"
 #include "backend/cuda/cuda_check.h"
 #include "core/error.h"
 
@@ -118,18 +119,8 @@ void launch_bwd_main(const AttnProblem& pr, const BwdParams<T>& p, cudaStream_t 
 
 template <typename T, int D>
 void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cudaStream_t s) {
-  float* dq_acc = static_cast<float*>(workspace);
-  float* dsum = dq_acc + dq_acc_elems(pr);
-  const T* dout = static_cast<const T*>(io.dout);
-  MH_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, pr.total_q * pr.row_elems() * sizeof(float), s));
-  const int64_t rows = pr.total_q * pr.heads;
-  if (rows > 0) {
-    dot_do_o_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(
-        dout, static_cast<const T*>(io.o), dsum, pr.total_q, pr.heads);
-    MH_CUDA_CHECK_LAUNCH();
-  }
-
-  const BwdParams<T> p = bwd_params<T>(pr, io, dq_acc, dsum);
+  const BwdScratch w = flash_bwd_prologue(pr, io, workspace, s);
+  const BwdParams<T> p = bwd_params<T>(pr, io, w.dq_acc, w.dsum);
   if constexpr (D == 64) {
     if (bwd_keys_per_block() == 128) {
       launch_bwd_main<T, D, 128>(pr, p, s);
@@ -139,17 +130,65 @@ void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cud
   } else {
     launch_bwd_main<T, D, kBwdBN>(pr, p, s);
   }
+  flash_bwd_epilogue(pr, w, io.dq, s);
+}
 
-  const int64_t n = pr.total_q * pr.row_elems();
-  if (n > 0) {
-    const int64_t blocks = std::min<int64_t>((n + 255) / 256, 4096);
-    convert_dq_kernel<T>
-        <<<static_cast<unsigned>(blocks), 256, 0, s>>>(dq_acc, static_cast<T*>(io.dq), n);
-    MH_CUDA_CHECK_LAUNCH();
-  }
+template <typename T, int D>
+void dot_do_o(const AttnProblem& pr, const AttnBwdIO& io, float* dsum, cudaStream_t s) {
+  const int64_t rows = pr.total_q * pr.heads;
+  if (rows == 0) return;
+  dot_do_o_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(
+      static_cast<const T*>(io.dout), static_cast<const T*>(io.o), dsum, pr.total_q, pr.heads);
+  MH_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void convert_dq(const float* acc, void* dq, int64_t n, cudaStream_t s) {
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, 4096);
+  convert_dq_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, s>>>(acc, static_cast<T*>(dq), n);
+  MH_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
+
+namespace flash {
+
+BwdScratch flash_bwd_prologue(const AttnProblem& pr, const AttnBwdIO& io, void* workspace,
+                              cudaStream_t s) {
+  BwdScratch w;
+  w.dq_acc = static_cast<float*>(workspace);
+  w.dsum = w.dq_acc + dq_acc_elems(pr);
+  MH_CUDA_CHECK(cudaMemsetAsync(w.dq_acc, 0, pr.total_q * pr.row_elems() * sizeof(float), s));
+  const bool bf16 = pr.dtype == DType::bf16;
+  if (pr.head_dim == 64)
+    bf16 ? dot_do_o<__nv_bfloat16, 64>(pr, io, w.dsum, s) : dot_do_o<__half, 64>(pr, io, w.dsum, s);
+  else
+    bf16 ? dot_do_o<__nv_bfloat16, 128>(pr, io, w.dsum, s)
+         : dot_do_o<__half, 128>(pr, io, w.dsum, s);
+  return w;
+}
+
+void flash_bwd_epilogue(const AttnProblem& pr, const BwdScratch& w, void* dq, cudaStream_t s) {
+  const int64_t n = pr.total_q * pr.row_elems();
+  if (n == 0) return;
+  pr.dtype == DType::bf16 ? convert_dq<__nv_bfloat16>(w.dq_acc, dq, n, s)
+                          : convert_dq<__half>(w.dq_acc, dq, n, s);
+}
+
+void check_bwd_args(const AttnProblem& p, const AttnBwdIO& io, const void* workspace,
+                    const char* who) {
+  MH_CHECK(io.q && io.k && io.v && io.o && io.dout && io.lse && io.dq && io.dk && io.dv, who,
+           ": null pointer");
+  for (const void* ptr : {io.q, io.k, io.v, io.o, io.dout, static_cast<const void*>(io.dq),
+                          static_cast<const void*>(io.dk), static_cast<const void*>(io.dv)})
+    MH_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0, who,
+             ": Q, K, V, O and the gradients must be 16-byte aligned");
+  MH_CHECK(workspace || flash_attention_bwd_workspace(p) == 0, who, ": workspace");
+  MH_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, who,
+           ": workspace must be 16-byte aligned");
+}
+
+}  // namespace flash
 
 size_t flash_attention_bwd_workspace(const AttnProblem& p) {
   return static_cast<size_t>(dq_acc_elems(p) + p.heads * p.total_q) * sizeof(float);
@@ -160,15 +199,7 @@ void flash_attention_bwd(const AttnProblem& p, const AttnBwdIO& io, void* worksp
   check_attn_problem(p, "flash_attention_bwd");
   std::string why;
   MH_CHECK(flash_supports(p, &why), "flash_attention_bwd: ", why);
-  MH_CHECK(io.q && io.k && io.v && io.o && io.dout && io.lse && io.dq && io.dk && io.dv,
-           "flash_attention_bwd: null pointer");
-  for (const void* ptr : {io.q, io.k, io.v, io.o, io.dout, static_cast<const void*>(io.dq),
-                          static_cast<const void*>(io.dk), static_cast<const void*>(io.dv)})
-    MH_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0,
-             "flash_attention_bwd: Q, K, V, O and the gradients must be 16-byte aligned");
-  MH_CHECK(workspace || flash_attention_bwd_workspace(p) == 0, "flash_attention_bwd: workspace");
-  MH_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
-           "flash_attention_bwd: workspace must be 16-byte aligned");
+  check_bwd_args(p, io, workspace, "flash_attention_bwd");
   if (p.batch == 0) return;
   const bool bf16 = p.dtype == DType::bf16;
   if (p.head_dim == 64)
