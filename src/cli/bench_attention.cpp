@@ -1,7 +1,7 @@
 // `multihead bench attention`: TFLOP/s of the GPU attention implementations (AttnImpl) on the
 // same problems: custom (our flash-style kernels, through their launchers), cudnn (cuDNN's SDPA,
 // through CudnnSdpa), naive (CudaBackend::attention_fwd/bwd with impl naive) and hopper (the
-// sm_90a forward flash_attention_fwd_sm90 with custom's backward; n/a off sm_90), forward,
+// sm_90a kernels flash_attention_fwd_sm90 and flash_attention_bwd_sm90; n/a off sm_90), forward,
 // backward and both. The custom, cudnn and hopper columns share one set of buffers per problem
 // (backend/cuda/attention/attention_problem.h); naive runs the padded form.
 #include <algorithm>
@@ -52,9 +52,9 @@ const char* const kBenchAttentionDetails =
     "          printed once)\n"
     "  naive   GEMM + softmax + GEMM (CudaBackend, impl naive): padded problems only, '-' where\n"
     "          its two [B, H, L, L] tensors would exceed --naive-max-gib\n"
-    "  hopper  the sm_90a wgmma/TMA forward (flash_attention_fwd_sm90) with custom's backward\n"
-    "          (its bwd column times the same kernel as custom's); 'n/a' where\n"
-    "          flash_sm90_supports() says no (any GPU but sm_90; the reason is printed once)\n"
+    "  hopper  the sm_90a wgmma/TMA kernels (flash_attention_fwd_sm90, flash_attention_bwd_sm90),\n"
+    "          backward's workspace as custom's; 'n/a' where flash_sm90_supports() says no (any\n"
+    "          GPU but sm_90; the reason is printed once)\n"
     "Timing: --warmup untimed fwd+bwd iterations, then --iters, each as forward then backward\n"
     "between cudaEvents on one stream, launched back to back; the median per pass. Where the GPU\n"
     "outruns the host's launches (small problems, naive's many kernels) that wait is included.\n"
@@ -292,7 +292,7 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
         const size_t bytes = cuda::flash_attention_bwd_workspace(p);
         b.workspace = be.empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::f32);
         return time_fwd_bwd([&] { cuda::flash_attention_fwd_sm90(p, fio, s); },
-                            [&] { cuda::flash_attention_bwd(p, bio, b.workspace.raw(), s); },
+                            [&] { cuda::flash_attention_bwd_sm90(p, bio, b.workspace.raw(), s); },
                             st.warmup, st.iters, s);
       });
     } else {

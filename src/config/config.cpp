@@ -82,9 +82,9 @@ const std::vector<Option>& options() {
                 "Longest sequence in tokens, BOS/EOS included (positional-encoding table size)."),
       MH_OPTION(model, attention,
                 "Attention implementation on a GPU: custom (our fused flash-style kernels), cudnn "
-                "(cuDNN's fused SDPA), naive (GEMM + softmax + GEMM) or hopper (opt-in, never run "
-                "on a GPU yet: the sm_90a wgmma/TMA forward with custom's backward; on a GPU other "
-                "than sm_90 it runs custom, saying so once). custom, cudnn and hopper need "
+                "(cuDNN's fused SDPA), naive (GEMM + softmax + GEMM) or hopper (opt-in: the sm_90a "
+                "wgmma/TMA forward and backward, the backward not yet run on a GPU; on a GPU "
+                "other than sm_90 it runs custom, saying so once). custom, cudnn and hopper need "
                 "bf16/fp16 (train.precision); fp32 attention and the CPU backend always compute "
                 "it exactly, unfused."),
       MH_OPTION(model, attention_dropout,

@@ -243,8 +243,8 @@ inline bool hopper_available(std::string* why) {
   GTEST_SKIP() << "not an sm_90 GPU: Hopper test skipped (" << why_ << ")"
 
 // The custom kernels through their launchers: forward, then backward, on poisoned outputs;
-// hopper: the forward is flash_attention_fwd_sm90's. `p`'s device arrays (key_len or cu_seqlens)
-// are set by the caller.
+// hopper: the Hopper kernels, flash_attention_fwd_sm90 and flash_attention_bwd_sm90. `p`'s device
+// arrays (key_len or cu_seqlens) are set by the caller.
 inline void run_flash(const cuda::AttnProblem& p, const Inputs& in, Outputs& r,
                       bool hopper = false) {
   std::string why;
@@ -267,10 +267,12 @@ inline void run_flash(const cuda::AttnProblem& p, const Inputs& in, Outputs& r,
   const size_t bytes = cuda::flash_attention_bwd_workspace(p);
   Tensor ws = gpu().empty({static_cast<int64_t>((bytes + 3) / 4)}, F32);
   poison(ws);  // the kernels must initialize what they accumulate into
-  cuda::flash_attention_bwd(p,
-                            {q.raw(), k.raw(), v.raw(), o.raw(), dout.raw(), lse.data<float>(),
-                             dq.raw(), dk.raw(), dv.raw()},
-                            ws.raw(), s);
+  const cuda::AttnBwdIO bio{q.raw(),           k.raw(),  v.raw(),  o.raw(), dout.raw(),
+                            lse.data<float>(), dq.raw(), dk.raw(), dv.raw()};
+  if (hopper)
+    cuda::flash_attention_bwd_sm90(p, bio, ws.raw(), s);
+  else
+    cuda::flash_attention_bwd(p, bio, ws.raw(), s);
   ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   r.o = to_host(o);

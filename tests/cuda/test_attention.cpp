@@ -181,7 +181,7 @@ TEST(AttentionPacked, PackedEqualsPaddedAndCpuF64) {
     expect_close(got_packed, ref_valid, kTol, "packed vs cpu");
     expect_close(got_packed, pad_valid, kTol, "packed vs padded");
 
-    // The Hopper forward on the same two forms (on an sm_90 GPU only).
+    // The Hopper kernels on the same two forms (on an sm_90 GPU only).
     if (std::string why; hopper_available(&why)) {
       Outputs h_pad, h_packed;
       run_flash(pp, pad, h_pad, true);

@@ -1,4 +1,4 @@
-// The Hopper forward (model.attention: hopper; flash_attention_fwd_sm90, with custom's backward)
+// The Hopper kernels (model.attention: hopper; flash_attention_fwd_sm90, flash_attention_bwd_sm90)
 // on the GPU: the cases of test_attention.cpp through the launchers and through CudaBackend,
 // against the CPU backend in F64 and against custom. On a GPU other than sm_90 these tests skip
 // ("not an sm_90 GPU: Hopper test skipped"), except the one that checks that impl hopper then runs

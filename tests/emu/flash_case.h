@@ -162,14 +162,7 @@ struct FlashCase {
   template <int BBN = kBwdBN, int BBM = kBwdBMOf<D>>
   void run_backward(std::vector<T>& o, std::vector<float>& lse, std::vector<T>& dq,
                     std::vector<T>& dk, std::vector<T>& dv) {
-    std::vector<float> dsum(static_cast<size_t>(H * total_q)), dq_acc(q.size(), 0.f);
-    for (int64_t r = 0; r < total_q; ++r)
-      for (int h = 0; h < H; ++h) {
-        float acc = 0;
-        for (int e = 0; e < D; ++e)
-          acc += to_f(dout[r * row + h * D + e]) * to_f(o[r * row + h * D + e]);
-        dsum[h * total_q + r] = acc;
-      }
+    std::vector<float> dsum = row_dsum(o), dq_acc(q.size(), 0.f);
     const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
     dq.assign(q.size(), nan_t);
     dk.assign(k.size(), nan_t);
@@ -182,6 +175,19 @@ struct FlashCase {
     emu_launch((max_k + BBN - 1) / BBN, H, B, bwd_threads(BBN), bwd_smem_bytes<T, D, BBN, BBM>(),
                [&] { flash_bwd_kernel<T, D, BBN, BBM>(bp); });
     for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
+  }
+
+  // D = rowsum(dO ∘ O) [H, total_q], as flash_bwd.cu's dot_do_o computes it.
+  std::vector<float> row_dsum(const std::vector<T>& o) const {
+    std::vector<float> dsum(static_cast<size_t>(H * total_q));
+    for (int64_t r = 0; r < total_q; ++r)
+      for (int h = 0; h < H; ++h) {
+        float acc = 0;
+        for (int e = 0; e < D; ++e)
+          acc += to_f(dout[r * row + h * D + e]) * to_f(o[r * row + h * D + e]);
+        dsum[h * total_q + r] = acc;
+      }
+    return dsum;
   }
 
   const Spec& s;

@@ -27,14 +27,18 @@
 // swizzle with 128-byte box rows, 4-D boxes); anything else fails loudly.
 #pragma once
 
+#include <atomic>
 #include <barrier>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "flash_emu.h"
@@ -83,6 +87,18 @@ struct Sm90Block {
   }
 };
 
+// Races between warpgroups: with delayed_warpgroup = w, the threads of warpgroup w sleep
+// delay_ms before each fence.proxy.async (so their shared-memory stores land late) and each
+// wgmma.wait_group (so their MMAs read shared memory late). A barrier a kernel lacks then shows as
+// wrong results instead of passing by the luck of the host's scheduler; the delay must outlast
+// what the other warpgroup emulates meanwhile (milliseconds here). -1: no delay.
+inline std::atomic<int> delayed_warpgroup{-1};
+inline std::atomic<int> delay_ms{50};
+inline void maybe_delay() {
+  if (self.tid / 128 == delayed_warpgroup.load())
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms.load()));
+}
+
 inline Sm90Block& sm90_block() {
   Block& b = *self.block;
   std::lock_guard<std::mutex> lock(b.ext_mu);
@@ -94,7 +110,8 @@ inline Sm90Block& sm90_block() {
 struct Sm90Thread {
   std::vector<std::unique_ptr<WgmmaOp>> open;
   std::vector<std::vector<std::unique_ptr<WgmmaOp>>> groups;
-  std::vector<uint32_t> unfenced;  // shared addresses of 16-byte zero stores
+  // Generic-proxy 16-bit stores (smem_zero16, stmatrix) not yet fenced: (address, value).
+  std::vector<std::pair<uint32_t, uint16_t>> unfenced;
   // wgmma.fence since the thread last waited (or started): registers written in between may be
   // wgmma operands, which needs the fence ("wgmma.fence": before the first wgmma.mma_async and
   // between register accesses and a wgmma.mma_async reading them). Conservative: every batch of
@@ -278,13 +295,45 @@ inline void tma_load_4d(void* dst, const TmaMap* map, int c0, int c1, int c2, in
 
 // --- generic -> async proxy
 // -------------------------------------------------------------------------
+// The only readers of what these stores write are wgmma and TMA (the async proxy), so a store
+// lands in the emulated shared memory at this thread's next fence.proxy.async, not before: a
+// kernel that forgets the fence feeds wgmma stale data here too.
 inline void smem_zero16(void* p) {
-  emu::sm90_self.unfenced.push_back(smem_addr(p));
+  const uint32_t a = smem_addr(p);
+  MH_SM90_EMU_CHECK(a % 16 == 0, "st.shared.v4 needs a 16-byte aligned address");
+  for (uint32_t i = 0; i < 8; ++i) emu::sm90_self.unfenced.push_back({a + 2 * i, 0});
+}
+// stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 ("stmatrix"): lane 8m + x gives the address of
+// row x of stored matrix m, which is column x of the fragment: element r of that row is
+// (row r, col x) of matrix m, held by lane 4r + x / 2 in register m, half x % 2.
+inline void stmatrix_x4_trans(const uint32_t (&r)[4], void* p) {
+  emu::WarpScratch& ws = emu::scratch();
+  const int l = emu::lane();
+  ws.addr[l] = p;
+  for (int i = 0; i < 4; ++i) ws.a[l][i] = r[i];
+  emu::warp_sync();
+  if (l == 0)
+    for (int m = 0; m < 4; ++m)
+      for (int x = 0; x < 8; ++x) {
+        const uint32_t row = smem_addr(ws.addr[8 * m + x]);
+        MH_SM90_EMU_CHECK(row % 16 == 0, "stmatrix row addresses must be 16-byte aligned");
+        for (int e = 0; e < 8; ++e) {
+          const uint32_t reg = ws.a[4 * e + x / 2][m];
+          emu::sm90_self.unfenced.push_back(
+              {row + 2 * e, static_cast<uint16_t>(x % 2 ? reg >> 16 : reg)});
+        }
+      }
+  emu::warp_sync();  // lane 0 holds the warp's stores: they land at its fence
 }
 inline void fence_proxy_async() {
-  for (uint32_t a : emu::sm90_self.unfenced) std::memset(emu::smem_at(a, 16), 0, 16);
+  emu::maybe_delay();
+  for (const auto& [a, v] : emu::sm90_self.unfenced) std::memcpy(emu::smem_at(a, 2), &v, 2);
   emu::sm90_self.unfenced.clear();
 }
+template <int N>
+inline void setmaxnreg_inc() {}
+template <int N>
+inline void setmaxnreg_dec() {}
 inline void named_bar_sync(int id, int count) {
   emu::Sm90Block& B = emu::sm90_block();
   std::barrier<>* bar;
@@ -308,6 +357,7 @@ inline void wgmma_commit() {
 }
 template <int N>
 inline void wgmma_wait() {
+  emu::maybe_delay();
   MH_SM90_EMU_CHECK(emu::sm90_self.open.empty(), "wgmma.wait_group with uncommitted wgmma");
   emu::sm90_self.wgmma_fenced = false;
   auto& gs = emu::sm90_self.groups;

@@ -1,14 +1,14 @@
-// The Hopper attention forward (flash_fwd_sm90_kernel.cuh) run on the CPU through the host
-// emulation of wgmma, mbarrier and TMA (flash_sm90_emu.h), against CpuBackend in float64 on the
-// same bf16/fp16-rounded random inputs; in some cases the sm_80 backward (flash_bwd_kernel.cuh,
-// emulated by flash_emu.h) then runs on the lse this forward wrote. Outputs are poisoned (NaN)
-// before each run, and in padded batches the K and V rows past a sequence's keys are NaN, so
-// unwritten outputs and unmasked keys fail.
+// The Hopper attention kernels (flash_fwd_sm90_kernel.cuh, flash_bwd_sm90_kernel.cuh) run on the
+// CPU through the host emulation of wgmma, mbarrier, TMA and stmatrix (flash_sm90_emu.h), against
+// CpuBackend in float64 on the same bf16/fp16-rounded random inputs: the forward, and in the cases
+// with Spec::backward both backwards (the sm_80 one, flash_bwd_kernel.cuh, and the Hopper one) on
+// the lse this forward wrote. Outputs are poisoned (NaN) before each run, and in padded batches
+// the K and V rows past a sequence's keys are NaN, so unwritten outputs and unmasked keys fail.
 //
 // The emulator is itself tested first (Sm90EmuIsa.*) against layouts as the PTX ISA states them,
 // restated here independently of flash_sm90_emu.h's code: the 128B swizzle ("16-byte chunk c of
 // row r of a 1024-byte atom at chunk c ^ (r % 8)"), the wgmma D fragment, the register A
-// fragment, MN-major B, TMA out-of-bounds fill and mbarrier phases.
+// fragment, MN-major B, TMA out-of-bounds fill, stmatrix against ldmatrix, and mbarrier phases.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +18,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/attention/flash_bwd_kernel.cuh"
+#include "backend/cuda/attention/flash_bwd_sm90_kernel.cuh"
 #include "backend/cuda/attention/flash_fwd_sm90_kernel.cuh"
 #include "flash_case.h"
 
@@ -32,7 +33,9 @@ int sw128_offset(int r, int c) {
   return r * 128 + (((c / 8) ^ (r % 8)) * 16) + (c % 8) * 2;
 }
 
-uint16_t bits_of(__half x) {
+template <typename T>
+uint16_t bits_of(T x) {
+  static_assert(sizeof(T) == 2);
   uint16_t u;
   std::memcpy(&u, &x, 2);
   return u;
@@ -153,6 +156,42 @@ TEST(Sm90EmuIsa, TmaBoxSwizzleAndZeroFill) {
   EXPECT_EQ(bad.load(), 0);
 }
 
+// stmatrix .trans is the inverse of ldmatrix .trans (the PTX ISA defines both on the same
+// fragment layout; flash_emu.h's ldmatrix has run against a GPU through the sm_80 kernels): four
+// 8 × 8 matrices stored transposed and loaded back transposed come back as they were, and the
+// stored rows are the fragments' columns.
+TEST(Sm90EmuIsa, StmatrixTransInvertsLdmatrixTrans) {
+  std::atomic<int> bad{0};
+  emu_launch(1, 1, 1, 32, 4 * 8 * 16, [&] {
+    unsigned char* smem = emu_block_smem();
+    const int l = thread_x();
+    uint32_t r[4], back[4];
+    // Fragment (row l / 4, cols 2·(l % 4), +1) of matrix m holds 64m + 8·row + col.
+    for (int m = 0; m < 4; ++m) {
+      const int row = l / 4, col = 2 * (l % 4);
+      r[m] = bits_of(__float2half(static_cast<float>(64 * m + 8 * row + col))) |
+             (static_cast<uint32_t>(
+                  bits_of(__float2half(static_cast<float>(64 * m + 8 * row + col + 1))))
+              << 16);
+    }
+    // Lane 8m + x: row x of stored matrix m, 16 bytes at (8m + x)·16.
+    stmatrix_x4_trans(r, smem + l * 16);
+    fence_proxy_async();
+    block_sync();
+    for (int m = 0; m < 4; ++m)
+      for (int x = 0; x < 8; ++x)
+        for (int e = 0; e < 8; ++e) {  // stored (row x, col e) = fragment (row e, col x)
+          __half got;
+          std::memcpy(&got, smem + (8 * m + x) * 16 + 2 * e, 2);
+          if (l == 0 && __half2float(got) != static_cast<float>(64 * m + 8 * e + x)) ++bad;
+        }
+    ldsm_x4_trans(back, smem + l * 16);
+    for (int m = 0; m < 4; ++m)
+      if (back[m] != r[m]) ++bad;
+  });
+  EXPECT_EQ(bad.load(), 0);
+}
+
 // mbarrier phases: a fresh barrier's parity-1 wait passes; parity 0 needs every arrival.
 TEST(Sm90EmuIsa, MbarrierParity) {
   std::atomic<int> order{0}, bad{0};
@@ -177,7 +216,33 @@ TEST(Sm90EmuIsa, MbarrierParity) {
   EXPECT_EQ(bad.load(), 0);
 }
 
-// --- the kernel against CpuBackend ---------------------------------------------------------------
+// --- the kernels against CpuBackend --------------------------------------------------------------
+
+// The Hopper backward (flash_bwd_sm90_kernel) on the forward's O and lse, with D and the dQ
+// conversion as flash_bwd.cu's small kernels compute them; dq, dk, dv start poisoned.
+template <typename T, int D>
+void run_sm90_backward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>& lse,
+                       std::vector<T>& dq, std::vector<T>& dk, std::vector<T>& dv) {
+  using C = Sm90Bwd<T, D>;
+  std::vector<float> dsum = c.row_dsum(o), dq_acc(c.q.size(), 0.f);
+  const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
+  dq.assign(c.q.size(), nan_t);
+  dk.assign(c.k.size(), nan_t);
+  dv.assign(c.k.size(), nan_t);
+  const Sm90BwdParams<T> bp =
+      sm90_bwd_params<T, D>(c.pr,
+                            AttnBwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), c.dout.data(),
+                                      lse.data(), dq.data(), dk.data(), dv.data()},
+                            dq_acc.data(), dsum.data(), [](const TmaSpec& t) { return t; });
+  const int grid_x = (c.max_k + C::kBN - 1) / C::kBN;
+  if (c.pr.dropout > 0)
+    emu_launch(grid_x, c.H, c.B, C::kThreads, C::kSmemBytes,
+               [&] { flash_bwd_sm90_kernel<T, D, true>(bp); });
+  else
+    emu_launch(grid_x, c.H, c.B, C::kThreads, C::kSmemBytes,
+               [&] { flash_bwd_sm90_kernel<T, D, false>(bp); });
+  for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
+}
 
 template <typename T, int D, int BN = 64, int NWG = 1>
 void run_case(const Spec& s, uint64_t seed) {
@@ -235,16 +300,30 @@ void run_case(const Spec& s, uint64_t seed) {
       }
 
   if (!s.backward) return;
-  // The sm_80 backward, unchanged, on this forward's O and lse.
+  // Both backwards on this forward's O and lse: the sm_80 one (custom's) and the Hopper one.
   Tensor dq64 = Tensor::empty(q64.shape(), DType::f64),
          dk64 = Tensor::empty(k64.shape(), DType::f64),
          dv64 = Tensor::empty(k64.shape(), DType::f64);
   cpu.attention_bwd(c.args, do64, q64, k64, v64, saved, dq64, dk64, dv64);
   std::vector<T> dq, dk, dv;
   c.run_backward(o, lse, dq, dk, dv);
-  EXPECT_LE(c.err(dq, dq64, c.cu_q, c.q_rows, max_q), 1e-2) << "dQ";
-  EXPECT_LE(c.err(dk, dk64, c.cu_k, k_valid, max_k), 1e-2) << "dK";
-  EXPECT_LE(c.err(dv, dv64, c.cu_k, k_valid, max_k), 1e-2) << "dV";
+  EXPECT_LE(c.err(dq, dq64, c.cu_q, c.q_rows, max_q), 1e-2) << "dQ (sm_80 backward)";
+  EXPECT_LE(c.err(dk, dk64, c.cu_k, k_valid, max_k), 1e-2) << "dK (sm_80 backward)";
+  EXPECT_LE(c.err(dv, dv64, c.cu_k, k_valid, max_k), 1e-2) << "dV (sm_80 backward)";
+  std::vector<T> dq9, dk9, dv9;
+  run_sm90_backward(c, o, lse, dq9, dk9, dv9);
+  EXPECT_LE(c.err(dq9, dq64, c.cu_q, c.q_rows, max_q), 1e-2) << "dQ (Hopper backward)";
+  EXPECT_LE(c.err(dk9, dk64, c.cu_k, k_valid, max_k), 1e-2) << "dK (Hopper backward)";
+  EXPECT_LE(c.err(dv9, dv64, c.cu_k, k_valid, max_k), 1e-2) << "dV (Hopper backward)";
+  // Padded batches: the key rows past key_len belong to the sequence and get dK = dV = 0.
+  if (!s.packed)
+    for (int b = 0; b < B; ++b)
+      for (int i = k_valid[b]; i < max_k; ++i)
+        for (int64_t e = 0; e < row; ++e) {
+          const size_t at = static_cast<size_t>((c.cu_k[b] + i) * row + e);
+          ASSERT_EQ(to_f(dk9[at]), 0.f) << "dK of padding key b=" << b << " i=" << i;
+          ASSERT_EQ(to_f(dv9[at]), 0.f) << "dV of padding key b=" << b << " i=" << i;
+        }
 }
 TEST(FlashSm90Emu, PaddedKeyMask) {
   // Lk = 70: two key tiles, the second partial (its V rows zeroed); 1 key; no key at all.
@@ -280,12 +359,84 @@ TEST(FlashSm90Emu, PackedVariableLength) {
 }
 
 TEST(FlashSm90Emu, LauncherTilesAndSm80Backward) {
-  // The tiles the launcher instantiates (two consumer warpgroups, BN 64), then the unchanged
-  // sm_80 backward on the lse this forward wrote.
+  // The tiles the launcher instantiates (two consumer warpgroups, BN 64), then both backwards
+  // (the sm_80 one and the Hopper one) on the lse this forward wrote.
   run_case<__nv_bfloat16, 64, 64, 2>(
       {"launcher tiles d64", 1, {129, 7}, {65, 129}, true, 0.1f, false, true}, 13);
   run_case<__half, 128, 64, 2>({"launcher tiles d128", 1, {1, 65}, {7, 65}, false, 0, true, true},
                                14);
+}
+
+// The Hopper backward's own cases (run_case runs it whenever Spec::backward is set): several query
+// steps per key block (the 2-stage ring and the two dS buffers wrap around: 128 queries per step
+// at head_dim 64, 64 at 128), key blocks of 128 with a partial last one, padding keys (NaN in K
+// and V) in blocks with and without a valid key, causal blocks no query sees.
+TEST(FlashSm90Emu, HopperBackwardSteps) {
+  run_case<__nv_bfloat16, 64, 64, 2>(
+      {"bwd steps d64", 1, {300, 300}, {300, 150}, false, 0, false, true}, 16);
+  run_case<__half, 128, 64, 2>(
+      {"bwd steps d128 cross", 1, {200, 70}, {150, 190}, false, 0, false, true}, 17);
+}
+
+TEST(FlashSm90Emu, HopperBackwardCausalPacked) {
+  run_case<__half, 64, 64, 2>(
+      {"bwd causal packed d64", 1, {260, 5, 130}, {260, 5, 130}, true, 0, true, true}, 18);
+  run_case<__nv_bfloat16, 128, 64, 2>(
+      {"bwd causal padded d128", 1, {140, 140}, {140, 61}, true, 0, false, true}, 19);
+}
+
+TEST(FlashSm90Emu, HopperBackwardDropout) {
+  run_case<__nv_bfloat16, 64, 64, 2>(
+      {"bwd dropout d64", 1, {150, 150}, {140, 33}, false, 0.2f, false, true}, 20);
+  run_case<__half, 128, 64, 2>(
+      {"bwd dropout causal packed d128", 1, {70, 129}, {70, 129}, true, 0.3f, true, true}, 21);
+}
+
+// Warpgroups out of step: each consumer warpgroup in turn runs late (flash_sm90_emu.h's
+// delayed_warpgroup), so that a missing barrier between them, or a dS buffer written again while
+// the other warpgroup still reads it, gives wrong gradients here.
+TEST(FlashSm90Emu, HopperBackwardWarpgroupsOutOfStep) {
+  struct Reset {
+    ~Reset() { emu::delayed_warpgroup = -1; }
+  } reset;
+  for (int wg : {0, 1}) {
+    emu::delayed_warpgroup = wg;
+    run_case<__nv_bfloat16, 64, 64, 2>({"warpgroup late", 1, {300}, {140}, false, 0, false, true},
+                                       22 + static_cast<uint64_t>(wg));
+  }
+}
+
+// Packed sequences share TMA tiles: the rows past a sequence's end are the next sequence's. NaN in
+// the next sequence's Q, dO, K and V must not reach this one's gradients through 0 · NaN (the
+// kernel zeroes those rows in shared memory): sequence 0's gradients stay bit for bit the same.
+TEST(FlashSm90Emu, HopperBackwardSequencesIsolated) {
+  using T = __nv_bfloat16;
+  constexpr int D = 64;
+  using F = Sm90Fwd<T, D, 64, 2>;
+  const Spec s{"isolation", 1, {70, 50}, {90, 50}, false, 0, true};
+  FlashCase<T, D> c(s, 24);
+  std::vector<T> o(c.q.size());
+  std::vector<float> lse(static_cast<size_t>(c.H * c.total_q));
+  const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, 64, 2>(
+      c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()},
+      [](const TmaSpec& t) { return t; });
+  emu_launch((c.max_q + F::kBM - 1) / F::kBM, c.H, c.B, F::kThreads, F::kSmemBytes,
+             [&] { flash_fwd_sm90_kernel<T, D, 64, 2>(fp); });
+  std::vector<T> dq, dk, dv, dq_nan, dk_nan, dv_nan;
+  run_sm90_backward(c, o, lse, dq, dk, dv);
+  const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
+  for (int64_t r = c.cu_q[1] * c.row; r < c.cu_q[2] * c.row; ++r) c.q[r] = c.dout[r] = nan_t;
+  for (int64_t r = c.cu_k[1] * c.row; r < c.cu_k[2] * c.row; ++r) c.k[r] = c.v[r] = nan_t;
+  run_sm90_backward(c, o, lse, dq_nan, dk_nan, dv_nan);
+  auto same = [](const std::vector<T>& a, const std::vector<T>& b, int64_t n, const char* what) {
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_TRUE(std::isfinite(to_f(a[i]))) << what << " element " << i;
+      ASSERT_EQ(bits_of(a[i]), bits_of(b[i])) << what << " element " << i;
+    }
+  };
+  same(dq, dq_nan, c.cu_q[1] * c.row, "dQ");
+  same(dk, dk_nan, c.cu_k[1] * c.row, "dK");
+  same(dv, dv_nan, c.cu_k[1] * c.row, "dV");
 }
 
 TEST(FlashSm90Emu, KeyTile128) {

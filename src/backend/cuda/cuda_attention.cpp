@@ -142,7 +142,7 @@ void CudaBackend::attention_fwd(const AttnArgs& a, const Tensor& q, const Tensor
     if (saved.ran == AttnImpl::custom)
       cuda::flash_attention_fwd(p, io, compute_);
     else if (saved.ran == AttnImpl::hopper)
-      cuda::flash_attention_fwd_sm90(p, io, compute_);  // same O and lse: custom's backward
+      cuda::flash_attention_fwd_sm90(p, io, compute_);
     else
       cudnn_sdpa().fwd(p, io, compute_);
     return;
@@ -190,7 +190,10 @@ void CudaBackend::attention_bwd(const AttnArgs& a, const Tensor& dout, const Ten
     if (saved.ran == AttnImpl::custom || saved.ran == AttnImpl::hopper) {
       const size_t bytes = cuda::flash_attention_bwd_workspace(p);
       Tensor ws = empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::f32);
-      cuda::flash_attention_bwd(p, io, ws.raw(), compute_);
+      if (saved.ran == AttnImpl::hopper)
+        cuda::flash_attention_bwd_sm90(p, io, ws.raw(), compute_);
+      else
+        cuda::flash_attention_bwd(p, io, ws.raw(), compute_);
     } else {
       cudnn_sdpa().bwd(p, io, compute_);
     }

@@ -86,11 +86,14 @@ size_t flash_attention_bwd_workspace(const AttnProblem& p);
 void flash_attention_bwd(const AttnProblem& p, const AttnBwdIO& io, void* workspace,
                          cudaStream_t s);
 
-// --- the Hopper forward (flash_fwd_sm90.cu; model.attention: hopper) ----------------------------
-// Whether the sm_90a wgmma/TMA forward handles this problem on the current device (an sm_90 GPU,
-// head_dim 64 or 128, BF16/F16); if not, why. It writes O and lse as flash_attention_fwd does,
-// so flash_attention_bwd computes the gradients.
+// --- the Hopper kernels (flash_fwd_sm90.cu, flash_bwd_sm90.cu; model.attention: hopper) ---------
+// Whether the sm_90a wgmma/TMA kernels handle this problem on the current device (an sm_90 GPU,
+// head_dim 64 or 128, BF16/F16); if not, why. The forward writes O and lse as
+// flash_attention_fwd does, so either backward computes the gradients from them; the Hopper
+// backward takes the same workspace as flash_attention_bwd.
 bool flash_sm90_supports(const AttnProblem& p, std::string* why);
 void flash_attention_fwd_sm90(const AttnProblem& p, const AttnFwdIO& io, cudaStream_t s);
+void flash_attention_bwd_sm90(const AttnProblem& p, const AttnBwdIO& io, void* workspace,
+                              cudaStream_t s);
 
 }  // namespace mh::cuda

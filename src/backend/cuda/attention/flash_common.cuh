@@ -34,11 +34,12 @@
 #if defined(MH_FLASH_EMU)
 #include "flash_emu.h"  // tests/emu/: host definitions of the primitives below
 #define MH_FLASH_FN inline
-#define MH_FLASH_KERNEL(threads) inline void
+#define MH_FLASH_KERNEL(...) inline void
 #define MH_FLASH_SMEM(name) unsigned char* name = ::mh::cuda::flash::emu_block_smem()
 #else
 #define MH_FLASH_FN __device__ __forceinline__
-#define MH_FLASH_KERNEL(threads) __global__ void __launch_bounds__(threads)
+// (threads[, min blocks per SM]): setmaxnreg needs both, or ptxas ignores it (C7508).
+#define MH_FLASH_KERNEL(...) __global__ void __launch_bounds__(__VA_ARGS__)
 #define MH_FLASH_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
 #endif
 

@@ -1,7 +1,8 @@
-// Device helpers of the Hopper (sm_90a) attention forward (flash_fwd_sm90.cu): wgmma (the
-// warpgroup's asynchronous tensor-core MMA, operands from shared memory through matrix
+// Device helpers of the Hopper (sm_90a) attention kernels (flash_fwd_sm90.cu, flash_bwd_sm90.cu):
+// wgmma (the warpgroup's asynchronous tensor-core MMA, operands from shared memory through matrix
 // descriptors, or A from registers), mbarriers with transaction counts, the bulk tensor copy
-// (TMA: cp.async.bulk.tensor, tiled, 128-byte swizzle), and the async-proxy fence.
+// (TMA: cp.async.bulk.tensor, tiled, 128-byte swizzle), the async-proxy fence, stmatrix and
+// setmaxnreg.
 //
 // Layouts used (PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Operation",
 // sections "Register Fragments and Shared Memory Matrix Layouts" and "Matrix Descriptor Format"):
@@ -117,18 +118,30 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
                "r"(bytes)
                : "memory");
 }
-// Waits until the phase of parity `parity` has completed (a fresh barrier is in phase 0, so
-// waiting for parity 1 returns at once).
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
+__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, int parity) {
   uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(smem_addr(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ uint64_t globaltimer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// Waits until the phase of parity `parity` has completed (a fresh barrier is in phase 0, so
+// waiting for parity 1 returns at once). The waits here last microseconds: one that lasts 10 s is
+// a deadlock (a kernel bug), which traps, so that the launch fails with an error instead of
+// hanging the process (and the job) for good.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
+  if (mbar_try_wait(bar, parity)) return;  // try_wait itself waits a while before it says no
+  const uint64_t start = globaltimer_ns();
+  while (!mbar_try_wait(bar, parity))
+    if (globaltimer_ns() - start > 10'000'000'000ull) __trap();
 }
 
 // --- bulk tensor copy (PTX ISA "cp.async.bulk.tensor") ------------------------------------------
@@ -158,6 +171,33 @@ __device__ __forceinline__ void fence_proxy_async() {
 // Barrier `id` (1..15; 0 is __syncthreads) among `count` threads (a multiple of 32).
 __device__ __forceinline__ void named_bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// --- stmatrix (PTX ISA "stmatrix"), sm_90 -------------------------------------------------------
+// Four 8×8 16-bit matrices from the warp's registers to shared memory, transposed: r[m] of lane l
+// holds (row l / 4, cols 2·(l % 4), +1) of matrix m (the mma C layout, packed to 16 bits), and
+// lane 8m + x gives the 16-byte address where column x of matrix m is stored (as a row). So a
+// keys × queries accumulator lands in shared memory as queries × keys.
+__device__ __forceinline__ void stmatrix_x4_trans(const uint32_t (&r)[4], void* p) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                   smem_addr(p)),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+// --- setmaxnreg (PTX ISA "setmaxnreg"), sm_90a: moves registers between the warpgroups of a block
+// (the producer gives up what the consumers take). Every warp of a warpgroup executes it.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if defined(MH_SM90A_DEVICE)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if defined(MH_SM90A_DEVICE)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
 }
 
 // --- wgmma (PTX ISA "wgmma.mma_async", "wgmma.fence", "wgmma.commit_group", "wgmma.wait_group") -
