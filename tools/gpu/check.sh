@@ -413,6 +413,7 @@ hop = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper"}
 if mh_att or pt_att:
     print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
           f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s} {'cus128':>7s}"
+          f" {'hop/torch':>9s}"
           f"  TFLOP/s")
     for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
                                                              k[5] != "fwd")):
@@ -427,7 +428,7 @@ if mh_att or pt_att:
         label = f"{k[0]} {'causal' if k[3] else 'full'} L{k[4]} {k[5]}"
         c128 = k128.get(k, {}).get("custom_tflops")
         print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
-              f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s}")
+              f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s} {ratio(h, tt):>9s}")
 # custom's forward with each tiling (rows x keys), beside PyTorch's flash forward.
 tiles = ["64x64", "64x128", "128x64", "128x128"]
 by_tile = {t: {key(r): r for r in rows
@@ -450,7 +451,7 @@ pt_full = {key(r): r for r in rows if str(r.get("step", "")).startswith("torch_a
 hop_full = {key(r): r for r in rows if str(r.get("step", "")).startswith("mh_hopper_full_")}
 if mh_full or pt_full:
     f = lambda x: f"{x:.1f}" if x else "-"
-    groups = {}
+    groups, hgroups = {}, {}
     with open(sys.argv[2], "w") as out:
         out.write(f"{'dtype d mask L pass':30s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
                   f" {'hopper':>7s} {'cus/torch':>9s}  TFLOP/s\n")
@@ -464,10 +465,16 @@ if mh_full or pt_full:
                       f" {f(hop_full.get(k, {}).get('hopper_tflops')):>7s} {rs:>9s}\n")
             if r and k[4] >= 1024 and k[5] in ("fwd", "bwd"):
                 groups.setdefault((k[1], k[2], k[3], k[5]), []).append(r)
-    print(f"\nfull attention sweep (all rows: attention_full.txt), custom / torch flash at L >= 1024:")
+            hp = hop_full.get(k, {}).get("hopper_tflops")
+            if hp and tt and k[4] >= 1024 and k[5] in ("fwd", "bwd"):
+                hgroups.setdefault((k[1], k[2], k[3], k[5]), []).append(hp / tt)
+    print(f"\nfull attention sweep (all rows: attention_full.txt), custom / torch flash at L >= 1024"
+          f" (hopper / torch beside it):")
     for g, rs in sorted(groups.items()):
+        hs = hgroups.get(g)
         print(f"  {g[0]} d{g[1]} {'causal' if g[2] else 'full  '} {g[3]:3s}"
-              f" {min(rs):.2f}-{max(rs):.2f} over {len(rs)} lengths")
+              f" {min(rs):.2f}-{max(rs):.2f} over {len(rs)} lengths"
+              + (f"   hopper {min(hs):.2f}-{max(hs):.2f}" if hs else ""))
 EOF
   echo "# total $(($(date +%s) - T0)) s (budget $BUDGET s); logs: $OUTDIR/logs.tar.gz"
 } >"$OUTDIR/summary.txt" 2>&1
