@@ -26,3 +26,8 @@ foreach(tile 64x128 128x64 128x128)
                        PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_FWD_TILE=${tile})
 endforeach()
 
+# The Hopper forward with one consumer warpgroup per block (64 query rows, MH_HOPPER_FWD_WG=1, for
+# tuning runs): its launcher tests again (they skip off sm_90).
+gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_wg1."
+                     TEST_FILTER "Attention/HopperLaunchers.*"
+                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD_WG=1)

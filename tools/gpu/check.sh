@@ -284,9 +284,13 @@ if ((HAVE_GPU)); then
   step mh_attention 60 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}" \
     --impl custom,cudnn,naive
   # The hopper column in a process of its own: its backward (flash_bwd_sm90) is new on a GPU, and
-  # a fault there (a deadlock traps after 10 s, the context is then lost) must not cost the other
-  # columns. n/a off sm_90.
+  # a fault there (the CUDA context is then lost) or a hang (the step's timeout ends it) must not
+  # cost the other columns. n/a off sm_90.
   step mh_attention_hopper 40 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}" --impl hopper
+  # and its forward with one consumer warpgroup (64 query rows) per block: the summary's "hopWG1"
+  # column (the translation batch's short sentences leave a 128-row block half idle).
+  step mh_attention_hopper_wg1 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=1 "$MH" bench attention \
+    "${ATTN_ARGS[@]}" --impl hopper
   # custom alone again with flash_bwd's other head_dim-64 tiling (128 keys, 8 warps per block):
   # the summary's "cus128" column, to choose the default from a measurement.
   step mh_attention_k128 30 "${MHENV[@]}" MH_FLASH_BWD_KEYS=128 "$MH" bench attention \
@@ -410,10 +414,11 @@ mh_att = {key(r): r for r in rows if r.get("step") == "mh_attention"}
 pt_att = {key(r): r for r in rows if r.get("step") == "torch_attention"}
 k128 = {key(r): r for r in rows if r.get("step") == "mh_attention_k128"}
 hop = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper"}
+hop1 = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_wg1"}
 if mh_att or pt_att:
     print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
           f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s} {'cus128':>7s}"
-          f" {'hop/torch':>9s}"
+          f" {'hop/torch':>9s} {'hopWG1':>7s}"
           f"  TFLOP/s")
     for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
                                                              k[5] != "fwd")):
@@ -428,7 +433,8 @@ if mh_att or pt_att:
         label = f"{k[0]} {'causal' if k[3] else 'full'} L{k[4]} {k[5]}"
         c128 = k128.get(k, {}).get("custom_tflops")
         print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
-              f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s} {ratio(h, tt):>9s}")
+              f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s} {ratio(h, tt):>9s}"
+              f" {f(hop1.get(k, {}).get('hopper_tflops')):>7s}")
 # custom's forward with each tiling (rows x keys), beside PyTorch's flash forward.
 tiles = ["64x64", "64x128", "128x64", "128x128"]
 by_tile = {t: {key(r): r for r in rows

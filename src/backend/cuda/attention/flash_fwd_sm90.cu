@@ -14,11 +14,14 @@
 // Opt-in (model.attention: hopper): its gpu tests passed on an H200, where it ran 1.05–1.18×
 // custom's forward on long sequences but slower on short sentences (docs/perf/attention.md).
 //
-// Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), 288 threads
-// (2 consumer warpgroups + 1 producer warp), BM = 128 query rows, BN = 64 keys, no spills,
-// 2 hardware barriers (__syncthreads and the consumers' named barrier):
-//   head_dim 64:  132 registers; 50216 bytes dynamic shared memory (Q 16 KiB, 2 × (K, V) 32 KiB)
-//   head_dim 128: 164 registers; 99368 bytes dynamic shared memory (Q 32 KiB, 2 × (K, V) 64 KiB)
+// Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), BN = 64 keys,
+// no spills, 2 hardware barriers (__syncthreads and the consumers' named barrier):
+//   2 consumer warpgroups + 1 producer warp (288 threads, BM = 128 query rows; the default):
+//     head_dim 64:  132 registers; 50216 bytes dynamic shared memory (Q 16 KiB, 2 × (K, V) 32 KiB)
+//     head_dim 128: 164 registers; 99368 bytes dynamic shared memory (Q 32 KiB, 2 × (K, V) 64 KiB)
+//   1 consumer warpgroup (160 threads, BM = 64; MH_HOPPER_FWD_WG=1):
+//     head_dim 64:  130 registers; 42024 bytes (Q 8 KiB, 2 × (K, V) 32 KiB)
+//     head_dim 128: 164 registers; 82984 bytes (Q 16 KiB, 2 × (K, V) 64 KiB)
 // (dynamic shared memory = Sm90Fwd::kSmemBytes, including 1 KiB of alignment slack and the
 // mbarriers). BN = 128 spilled (168 registers, ptxas caps 288-thread blocks there: 136-424 bytes
 // of stack), hence BN = 64. ptxas notes (C7519) that it inserts warpgroup.arrive before the
@@ -29,12 +32,14 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/attention/attention_problem.h"
 #include "backend/cuda/attention/flash_fwd_sm90_kernel.cuh"
 #include "backend/cuda/attention/flash_sm90_host.h"
 #include "backend/cuda/cuda_check.h"
+#include "core/error.h"
 
 namespace mh::cuda {
 
@@ -52,6 +57,31 @@ void launch(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
   const dim3 grid((pr.max_len_q + C::kBM - 1) / C::kBM, pr.heads, pr.batch);
   flash_fwd_sm90_kernel<T, D, BN, NWG><<<grid, C::kThreads, C::kSmemBytes, s>>>(p);
   MH_CUDA_CHECK_LAUNCH();
+}
+
+// Consumer warpgroups per block (query rows: 64 each): 2 by default; MH_HOPPER_FWD_WG=1 picks
+// blocks of 64 rows, so that one GPU run can time both (tools/gpu/check.sh). The measured reason
+// to look: on the translation batch (sentences of 10-100 tokens) this kernel ran slower than
+// custom's 64-row one, and a 128-row block leaves its second warpgroup idle on every sentence
+// of 64 tokens or fewer. The default follows the measurements.
+int fwd_warpgroups() {
+  static const int nwg = [] {
+    const char* env = std::getenv("MH_HOPPER_FWD_WG");
+    const std::string v = env ? env : "";
+    if (v.empty() || v == "2") return 2;
+    if (v == "1") return 1;
+    user_error("MH_HOPPER_FWD_WG=", v,
+               ": expected 1 or 2 (consumer warpgroups, 64 query rows each, per block)");
+  }();
+  return nwg;
+}
+
+template <typename T, int D>
+void launch_d(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
+  if (fwd_warpgroups() == 1)
+    launch<T, D, 64, 1>(pr, io, s);
+  else
+    launch<T, D, 64, 2>(pr, io, s);
 }
 
 }  // namespace
@@ -87,9 +117,9 @@ void flash_attention_fwd_sm90(const AttnProblem& p, const AttnFwdIO& io, cudaStr
   }
   const bool bf16 = p.dtype == DType::bf16;
   if (p.head_dim == 64)
-    bf16 ? launch<__nv_bfloat16, 64, 64, 2>(p, io, s) : launch<__half, 64, 64, 2>(p, io, s);
+    bf16 ? launch_d<__nv_bfloat16, 64>(p, io, s) : launch_d<__half, 64>(p, io, s);
   else
-    bf16 ? launch<__nv_bfloat16, 128, 64, 2>(p, io, s) : launch<__half, 128, 64, 2>(p, io, s);
+    bf16 ? launch_d<__nv_bfloat16, 128>(p, io, s) : launch_d<__half, 128>(p, io, s);
 }
 
 }  // namespace mh::cuda
