@@ -210,19 +210,12 @@ flash_bwd_kernel(const BwdParams<T> p) {
           }
         }
       };
-      if (p.dropout) {
-        if (all_visible)
-          p_and_ds(std::false_type{}, std::true_type{});
-        else
-          p_and_ds(std::true_type{}, std::true_type{});
-      } else {
-        if (all_visible)
-          p_and_ds(std::false_type{}, std::false_type{});
-        else
-          p_and_ds(std::true_type{}, std::false_type{});
-      }
+      if (p.dropout)
+        with_mask(all_visible, std::true_type{}, p_and_ds);
+      else
+        with_mask(all_visible, std::false_type{}, p_and_ds);
 
-      // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: A operands from registers, B = dO, Q tiles (trans).
+        // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: A operands from registers, B = dO, Q tiles (trans).
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) {
         uint32_t ap[4], ads[4];

@@ -213,23 +213,20 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
     // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 64 keys × kBM queries per warpgroup, every operand K-major; two
     // commit groups, so that the exps of P run while dPᵀ is still on the tensor cores.
     float st[kBM / 2], dpt[kBM / 2];
+    // acc = A Bᵀ over D: A this warpgroup's 64 rows of a [kBN][D] tile, B a [kBM][D] tile.
+    auto keys_x_queries = [&](float(&acc)[kBM / 2], uint32_t a_addr, uint32_t b_addr) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t off = (kk % 4) * 32;
+        const uint64_t da = smem_desc_sw128(a_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
+        const uint64_t db = smem_desc_sw128(b_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
+        wgmma_ss<T, kBM, 0>(acc, da, db, kk > 0);
+      }
+      wgmma_commit();
+    };
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;
-      const uint64_t da = smem_desc_sw128(k_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
-      const uint64_t db = smem_desc_sw128(q_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
-      wgmma_ss<T, kBM, 0>(st, da, db, kk > 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;
-      const uint64_t da = smem_desc_sw128(v_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
-      const uint64_t db = smem_desc_sw128(do_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
-      wgmma_ss<T, kBM, 0>(dpt, da, db, kk > 0);
-    }
-    wgmma_commit();
+    keys_x_queries(st, k_addr, q_addr);
+    keys_x_queries(dpt, v_addr, do_addr);
 
     // With dropout, which of this thread's kBM / 2 elements are kept (bit i for element i), drawn
     // while the tensor cores work: Philox's temporaries then do not compete with the P and dS
@@ -292,17 +289,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
         }
       }
     };
-    if constexpr (kDropout) {
-      if (all_visible)
-        p_and_ds(std::false_type{}, std::true_type{});
-      else
-        p_and_ds(std::true_type{}, std::true_type{});
-    } else {
-      if (all_visible)
-        p_and_ds(std::false_type{}, std::false_type{});
-      else
-        p_and_ds(std::true_type{}, std::false_type{});
-    }
+    with_mask(all_visible, std::bool_constant<kDropout>{}, p_and_ds);
 
     // P∘Z and dSᵀ rounded to T, in pairs: frag[kk] is the A operand of k-step kk of dV += (P∘Z)ᵀ dO
     // and dK += dSᵀ Q (the accumulators' column tiles 2kk, 2kk + 1), and ds_frag[j] is also what

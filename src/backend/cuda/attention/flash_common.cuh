@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "backend/cuda/attention/attention_problem.h"
 #include "core/philox.h"
@@ -265,6 +266,16 @@ MH_FLASH_FN void acc_to_a(const float (&c)[N][4], int k, uint32_t (&a)[4]) {
   a[1] = pack2<T>(c[2 * k][2], c[2 * k][3]);
   a[2] = pack2<T>(c[2 * k + 1][0], c[2 * k + 1][1]);
   a[3] = pack2<T>(c[2 * k + 1][2], c[2 * k + 1][3]);
+}
+
+// The backward kernels' per-step dispatch: f(masked, dropout), both as std::bool_constant, with
+// masked = !all_visible, so that a step whose every element is visible compiles no mask test.
+template <typename Dropout, typename F>
+MH_FLASH_FN void with_mask(bool all_visible, Dropout dropout, F&& f) {
+  if (all_visible)
+    f(std::false_type{}, dropout);
+  else
+    f(std::true_type{}, dropout);
 }
 
 // Where sequence b's rows are and how many there are (attention_problem.h's two batch forms).
