@@ -45,10 +45,12 @@ const char* const kBenchGemmDetails =
     "  cuBLAS     cublasGemmEx (CUBLAS_GEMM_DEFAULT) on the same buffers and stream\n"
     "  ratio      multihead TFLOP/s / cuBLAS TFLOP/s\n"
     "  epilogue   what multihead fuses into this GEMM: bias, relu_bias (fc1) or bgrad (the bias\n"
-    "             gradient); fused = linear_fwd / linear_bwd_params as the model calls them,\n"
+    "             gradient); fused = linear_fwd / linear_bwd_params with the epilogue,\n"
     "             unfused = the same ops composed (GEMM, then bias / ReLU / bias_grad kernels),\n"
-    "             speedup = unfused time / fused time\n"
-    "time: the median over --iters calls, each timed with CUDA events, after --warmup calls; the\n"
+    "             speedup = unfused time / fused time. Training fuses linear_fwd's epilogue\n"
+    "             but composes dW's (faster on an H200; MH_GEMM_BGRAD_EPILOGUE=1 fuses it)\n"
+    "time: the median over --iters calls, each timed with CUDA events, after --warmup calls, all\n"
+    "enqueued before one synchronization (GPU time, not the host's launch latency); the\n"
     "variants take turns call by call, each call on the next of as many input sets (up to 8) as\n"
     "cover three times the L2 cache (as tools/bench/torch_gpu_peer.py gemm). TFLOP/s = 2 m n k /\n"
     "time. fp32 runs on TF32 tensor cores in both libraries. Without a GPU it exits with code 2.\n";
@@ -144,24 +146,34 @@ struct CublasHandle {
 
 // Median milliseconds per call of each function, timed call by call with events, in turns. Each
 // call gets the next call number, so consecutive calls can use different input sets.
+// All calls are enqueued before the one synchronization: the GPU then always has the next call
+// queued, so the events time the GPU's work and not the host's launch latency. (Synchronizing
+// after every round, as this did until 2026-11-29, left the GPU idle at each round's first call
+// and charged that call, always multihead's, the 5-10 us of its launch: a third of a 512x512
+// projection's time.)
 std::vector<double> time_calls(cudaStream_t s, const std::vector<std::function<void(int)>>& fns,
                                int64_t iters, int64_t warmup) {
   int call = 0;
   for (int64_t i = 0; i < warmup; ++i)
     for (const auto& f : fns) f(call++);
-  std::vector<cudaEvent_t> ev(2 * fns.size());
+  const size_t nf = fns.size();
+  std::vector<cudaEvent_t> ev(2 * nf * static_cast<size_t>(iters));
   for (cudaEvent_t& e : ev) MH_CUDA_CHECK(cudaEventCreate(&e));
-  std::vector<std::vector<float>> ms(fns.size());
   for (int64_t i = 0; i < iters; ++i) {
-    for (size_t v = 0; v < fns.size(); ++v) {
-      MH_CUDA_CHECK(cudaEventRecord(ev[2 * v], s));
+    for (size_t v = 0; v < nf; ++v) {
+      const size_t at = 2 * (static_cast<size_t>(i) * nf + v);
+      MH_CUDA_CHECK(cudaEventRecord(ev[at], s));
       fns[v](call++);
-      MH_CUDA_CHECK(cudaEventRecord(ev[2 * v + 1], s));
+      MH_CUDA_CHECK(cudaEventRecord(ev[at + 1], s));
     }
-    MH_CUDA_CHECK(cudaEventSynchronize(ev.back()));
-    for (size_t v = 0; v < fns.size(); ++v) {
+  }
+  MH_CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<std::vector<float>> ms(nf);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (size_t v = 0; v < nf; ++v) {
+      const size_t at = 2 * (static_cast<size_t>(i) * nf + v);
       float t = 0;
-      MH_CUDA_CHECK(cudaEventElapsedTime(&t, ev[2 * v], ev[2 * v + 1]));
+      MH_CUDA_CHECK(cudaEventElapsedTime(&t, ev[at], ev[at + 1]));
       ms[v].push_back(t);
     }
   }
@@ -249,8 +261,13 @@ int run(const Options& o) {
           fns.push_back([&](int i) { be.linear_fwd(at(i).a, at(i).b, at(i).vec, act, at(i).c); });
           fns.push_back(
               [&](int i) { be.Backend::linear_fwd(at(i).a, at(i).b, at(i).vec, act, at(i).c); });
-        } else if (p.epi) {  // dW: linear_bwd_params likewise
-          fns.push_back([&](int i) { be.linear_bwd_params(at(i).a, at(i).b, at(i).c, at(i).vec); });
+        } else if (p.epi) {  // dW: linear_bwd_params with the BGRADB epilogue, and composed
+          fns.push_back([&](int i) {
+            const bool was = be.bgrad_epilogue();
+            be.set_bgrad_epilogue(true);
+            be.linear_bwd_params(at(i).a, at(i).b, at(i).c, at(i).vec);
+            be.set_bgrad_epilogue(was);
+          });
           fns.push_back(
               [&](int i) { be.Backend::linear_bwd_params(at(i).a, at(i).b, at(i).c, at(i).vec); });
         }

@@ -173,10 +173,16 @@ TEST_P(LinearBwd, ParamGradsMatchCpu) {
   cpu().linear_bwd_params(dy, x, dw_ref, db_ref);
 
   const Tensor dyd = to_gpu(dy, c.t), xd = to_gpu(x, c.t);
-  Tensor dw = to_gpu(dw0, F32), db = to_gpu(db0, F32);
-  gpu().linear_bwd_params(dyd, xd, dw, db);
-  EXPECT_LE(rel_err(to_host(dw), dw_ref), tolerance(c.t)) << c.name() << ": dW";
-  EXPECT_LE(rel_err(to_host(db), db_ref), tolerance(c.t)) << c.name() << ": db";
+  const bool was = gpu().bgrad_epilogue();
+  for (const bool epilogue : {false, true}) {  // composed (the default), then BGRADB
+    gpu().set_bgrad_epilogue(epilogue);
+    Tensor dw = to_gpu(dw0, F32), db = to_gpu(db0, F32);
+    gpu().linear_bwd_params(dyd, xd, dw, db);
+    const char* how = epilogue ? " (bgrad epilogue)" : " (composed)";
+    EXPECT_LE(rel_err(to_host(dw), dw_ref), tolerance(c.t)) << c.name() << ": dW" << how;
+    EXPECT_LE(rel_err(to_host(db), db_ref), tolerance(c.t)) << c.name() << ": db" << how;
+  }
+  gpu().set_bgrad_epilogue(was);
 
   // BGRADB itself: dW as above, and the (overwritten) sum Σ_n dy.
   Tensor dw2 = to_gpu(dw0, F32), sum = nan_gpu({c.out}, F32);

@@ -18,8 +18,9 @@ Two modes (see tools/bench/README.md and docs/gpu.md):
          dense bf16 peak when the card is known.
 
   gemm:  TFLOP/s of torch.matmul on random bf16 / fp32 (TF32) matrices, timed with CUDA events
-         (median of --iters after warm-up, rotating among input sets larger than L2 when they
-         fit), for the shapes given (MxNxK) or a default set (square and the paper-base step's).
+         (median of --iters after warm-up, all enqueued before one synchronization so the GPU
+         never waits for Python, rotating among input sets larger than L2 when they fit), for
+         the shapes given (MxNxK) or a default set (square and the paper-base step's).
 
     python3 tools/bench/torch_gpu_peer.py train --d-model 512 --heads 8 --d-ff 2048 \
         --encoder-layers 6 --decoder-layers 6 --vocab 37000 --batch 192 --src-len 64 \
@@ -249,14 +250,18 @@ def run_gemm(a):
             for i in range(a.warmup):
                 torch.matmul(xs[i % sets], ws[i % sets], out=outs[i % sets])
             torch.cuda.synchronize()
-            times = []
-            for i in range(a.iters):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            # All calls are enqueued before one synchronization, behind a ~20 ms spin that gives
+            # Python a head start: the events then time the GPU's work, not the launch latency
+            # of an idle GPU (multihead's bench gemm times the same way).
+            ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(a.iters)]
+            torch.cuda._sleep(40_000_000)
+            for i, (s, e) in enumerate(ev):
                 s.record()
                 torch.matmul(xs[i % sets], ws[i % sets], out=outs[i % sets])
                 e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e) * 1e-3)
+            torch.cuda.synchronize()
+            times = [s.elapsed_time(e) * 1e-3 for s, e in ev]
             med = statistics.median(times)
             tf = 2.0 * m * n * k / med / 1e12
             res = {"impl": "torch.matmul", "torch": torch.__version__, "device": name,

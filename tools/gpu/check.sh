@@ -388,7 +388,7 @@ torch_by = {key(r): r for r in rows if r.get("step") == "torch_gemm"}
 mh = [r for r in rows if r.get("step") == "mh_gemm"]
 if torch_by or mh:
     num = lambda x, f="{:.1f}": f.format(x) if isinstance(x, (int, float)) else "-"
-    print(f"\n{'GEMM (TFLOP/s)':26s} {'multihead':11s} {'torch':>7s} {'mh':>7s} {'cuBLAS':>7s}"
+    print(f"\n{'GEMM (TFLOP/s)':26s} {'layer pass':11s} {'torch':>7s} {'mh':>7s} {'cuBLAS':>7s}"
           f" {'mh/torch':>8s} {'fused':>7s}")
     ratios, seen = [], set()
     for r in mh:

@@ -2,7 +2,9 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "backend/cuda/attention/cudnn_sdpa.h"
 #include "backend/cuda/cuda_available.h"
@@ -42,6 +44,14 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   workspace_ = alloc_->allocate(cuda::GemmLt::kWorkspaceBytes);
   gemm_ = std::make_unique<cuda::GemmLt>(workspace_.get(), cuda::GemmLt::kWorkspaceBytes);
   sums_ = empty({3}, DType::f64);
+  if (const char* env = std::getenv("MH_GEMM_BGRAD_EPILOGUE")) {
+    const std::string v = env;
+    if (v != "0" && v != "1")
+      user_error("MH_GEMM_BGRAD_EPILOGUE=", v,
+                 ": expected 0 (GEMM + bias_grad kernel, the default) or 1 (cuBLASLt's BGRADB "
+                 "epilogue) for linear_bwd_params");
+    bgrad_epilogue_ = v == "1";
+  }
 }
 
 CudaBackend::~CudaBackend() {

@@ -39,7 +39,10 @@ class CudaBackend : public Backend {
             double beta) override;
   void add_bias(Tensor& y, const Tensor& bias) override;
   void bias_grad(const Tensor& dy, Tensor& dbias) override;
-  // Fused through cuBLASLt epilogues where it has them (cuda_linear.cpp), else composed.
+  // linear_fwd fuses bias and ReLU into cuBLASLt's epilogue where it has one, else composes.
+  // linear_bwd_params composes (GEMM, then the bias_grad kernel) unless the BGRADB epilogue is
+  // switched on: on an H200 the fused form ran at 0.81-0.97x the composed one on every Linear
+  // of paper-base (docs/perf/gpu.md). cuda_linear.cpp.
   void linear_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   std::optional<ActKind> act, Tensor& y) override;
   void linear_bwd_params(const Tensor& dy, const Tensor& x, Tensor& dweight,
@@ -88,6 +91,10 @@ class CudaBackend : public Backend {
   void synchronize();  // both streams
   cuda::CachingAllocator& allocator() { return *alloc_; }
   cuda::GemmLt& gemm_lt() { return *gemm_; }
+  // linear_bwd_params through cuBLASLt's bias-gradient epilogue (true) or composed (false, the
+  // default; MH_GEMM_BGRAD_EPILOGUE=1 starts it true). For `bench gemm` and the tests.
+  void set_bgrad_epilogue(bool on) { bgrad_epilogue_ = on; }
+  bool bgrad_epilogue() const { return bgrad_epilogue_; }
   // cuDNN's SDPA (created on first use: it loads cuDNN's engines).
   cuda::CudnnSdpa& cudnn_sdpa();
   // The implementation attention_fwd runs for these arguments and dtype: a.impl when it can,
@@ -129,6 +136,7 @@ class CudaBackend : public Backend {
   DeviceList adam_list_, sum_list_;
   std::set<std::string> attn_notes_;    // fallback notes already printed
   std::set<std::string> linear_notes_;  // unfused-linear notes already printed
+  bool bgrad_epilogue_ = false;
 };
 
 }  // namespace mh
