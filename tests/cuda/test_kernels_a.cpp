@@ -391,7 +391,16 @@ TEST_F(CudaKernelsA, LayerNorm) {
   const double eps = 1e-5;
   for (DType t : kDtypes)
     for (DType wt : param_dtypes(t))
-      for (auto [n, d] : {std::pair<int64_t, int64_t>{37, 203}, {37, 132}, {1000, 132}, {5, 1024}})
+      // The backward's paths: fused (D % 4 == 0 and D ≤ 1024, aligned) over many blocks
+      // (atomicAdd: 1000 x 132, 4096 x 512) or one (3 x 512); two kernels (odd D, misaligned,
+      // 9 x 1028).
+      for (auto [n, d] : {std::pair<int64_t, int64_t>{37, 203},
+                          {37, 132},
+                          {1000, 132},
+                          {5, 1024},
+                          {4096, 512},
+                          {3, 512},
+                          {9, 1028}})
         for (bool mis : {false, true}) {
           SCOPED_TRACE(::testing::Message() << dtype_name(t) << " weight " << dtype_name(wt)
                                             << " N=" << n << " D=" << d << " misaligned=" << mis);

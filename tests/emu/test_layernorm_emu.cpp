@@ -3,9 +3,10 @@
 // ln_col_chunks), against CpuBackend in float64 on the same T-rounded random inputs. Covers
 // F32 / BF16 / F16 activations with F32 or same-dtype weights, the vector (D % 4 == 0, aligned)
 // and scalar (odd D, or buffers misaligned by one element) paths, rows not filling the last
-// block's warps, the row kernels' grid-stride loop, and the column kernel both with one chunk
-// (plain stores) and with several (atomicAdd). Outputs are poisoned (NaN) before each run, so
-// unwritten elements fail; dweight / dbias start from random values, since the kernel adds.
+// block's warps, the row kernels' grid-stride loop, the column kernel both with one chunk
+// (plain stores) and with several (atomicAdd), and the fused backward (dx and the column sums in
+// one kernel) likewise with one block and with several. Outputs are poisoned (NaN) before each run,
+// so unwritten elements fail; dweight / dbias start from random values, since the kernel adds.
 // Tolerances (max |kernel − reference| / max |reference|): F32 1e-5, BF16 1e-2, F16 2e-3, as in
 // the GPU test (tests/cuda/test_kernels_a.cpp, LayerNorm).
 #include <gtest/gtest.h>
@@ -84,6 +85,8 @@ struct Case {
   bool misaligned = false;
   int sms = 4;                // the column kernel's chunking follows the GPU's SM count
   unsigned row_grid_cap = 0;  // > 0: fewer row blocks than the launcher's, to run the row loop
+  bool fused = false;         // the backward is expected to take the fused kernel
+  bool one_block = false;     // ... with one block (plain += instead of atomicAdd)
 };
 
 template <typename T, typename W>
@@ -141,28 +144,44 @@ void run_case(const Case& c, uint64_t seed) {
   const bool bvec =
       d % 4 == 0 && ln_aligned(dy.p, al) && ln_aligned(x.p, al) && ln_aligned(dx.p, al);
   ASSERT_EQ(bvec, vec);
-  emu::launch({static_cast<unsigned>(cc.col_blocks), static_cast<unsigned>(cc.chunks)},
-              {kLnCols, kLnRows}, [&] {
-                layernorm_bwd_cols_kernel<T>(dy.p, x.p, mean.p, rstd.p, dw.p, db.p, n, d,
-                                             cc.rows_per_chunk);
-              });
-  emu::launch({grid}, {kLnThreads}, [&] {
-    layernorm_bwd_dx_kernel<T, W>(dy.p, x.p, w.p, mean.p, rstd.p, dx.p, n, d, bvec);
-  });
+  const LnBwdPlan plan = ln_bwd_plan(n, d, bvec, c.sms);
+  ASSERT_EQ(plan.fused, c.fused) << "the case does not take the backward path it means to";
+  if (plan.fused) {
+    const unsigned blocks =
+        c.row_grid_cap > 0 ? std::min(c.row_grid_cap, plan.blocks) : plan.blocks;
+    ASSERT_EQ(blocks == 1, c.one_block) << blocks << " blocks";
+    emu::launch({blocks}, {kLnThreads}, [&] {
+      layernorm_bwd_fused_kernel<T, W>(dy.p, x.p, w.p, mean.p, rstd.p, dx.p, dw.p, db.p, n, d);
+    });
+  } else {
+    emu::launch({static_cast<unsigned>(cc.col_blocks), static_cast<unsigned>(cc.chunks)},
+                {kLnCols, kLnRows}, [&] {
+                  layernorm_bwd_cols_kernel<T>(dy.p, x.p, mean.p, rstd.p, dw.p, db.p, n, d,
+                                               cc.rows_per_chunk);
+                });
+    emu::launch({grid}, {kLnThreads}, [&] {
+      layernorm_bwd_dx_kernel<T, W>(dy.p, x.p, w.p, mean.p, rstd.p, dx.p, n, d, bvec);
+    });
+  }
   EXPECT_LE(rel_err(dx, ref_dx), tolerance<T>()) << "dx";
   EXPECT_LE(rel_err(dw, ref_dw), 1e-5) << "dweight";  // F32 sums of the same inputs
   EXPECT_LE(rel_err(db, ref_db), 1e-5) << "dbias";
 }
 
+// The backward's paths: fused (vector loads, D ≤ 1024) with several blocks or one, and the
+// column kernel + dx kernel otherwise.
 const Case kCases[] = {
-    {37, 203},              // odd D: scalar path; 37 rows: a partial last block
-    {37, 132},              // vector path
-    {37, 132, true},        // D % 4 == 0 but misaligned: scalar path
-    {300, 68, false, 132},  // several column chunks (atomicAdd), H100's 132 SMs
-    {150, 67, true, 132},   // the same, scalar
-    {5, 1024},              // long rows, one block
-    {37, 96, false, 4, 2},  // 2 row blocks for 10 blocks' rows: the row loop
-    {3, 1},                 // D = 1: a row of one element
+    {37, 203},                           // odd D: scalar path; 37 rows: a partial last block
+    {37, 132, false, 4, 0, true},        // vector path; fused backward, a partial 128-column chunk
+    {37, 132, true},                     // D % 4 == 0 but misaligned: scalar path, two kernels
+    {300, 68, false, 132, 0, true},      // fused, 75 blocks (atomicAdd), H100's 132 SMs
+    {150, 67, true, 132},                // several column chunks (atomicAdd), scalar
+    {4, 1024, false, 4, 0, true, true},  // the longest fused rows, one block
+    {9, 1028, false, 4},                 // vector loads but too long to fuse: two kernels
+    {37, 96, false, 4, 2, true},         // 2 row blocks for 10 blocks' rows: the row loops
+    {200, 512, false, 4, 0, true},       // paper-base's rows; 16 fused blocks, 3-4 rows a warp
+    {3, 256, false, 4, 0, true, true},   // fused, one block with warps that get no row
+    {3, 1},                              // D = 1: a row of one element
 };
 
 template <typename T, typename W>

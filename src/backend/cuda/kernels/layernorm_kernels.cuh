@@ -24,6 +24,11 @@ constexpr int kLnThreads = 32 * kLnWarps;
 constexpr int64_t kLnMaxBlocks = 1 << 16;
 constexpr int kLnCols = 32;  // column kernel: columns per block
 constexpr int kLnRows = 8;   // column kernel: row lanes per block
+// The fused backward (layernorm_bwd_fused_kernel): 4-element chunks per lane kept in registers,
+// so rows of up to 4 · 32 · 8 = 1024 elements; blocks per SM it is launched with.
+constexpr int kLnBwdChunks = 8;
+constexpr int64_t kLnBwdFusedMaxD = 4 * 32 * kLnBwdChunks;
+constexpr int kLnBwdBlocksPerSm = 4;
 
 template <typename T>
 struct alignas(sizeof(T) * 4) LnPack {
@@ -166,6 +171,92 @@ __global__ void __launch_bounds__(kLnThreads)
   }
 }
 
+// dx as layernorm_bwd_dx_kernel's vector path, and the column sums in the same pass over dy and x
+// (which the separate column kernel reads a second time): each lane keeps dweight's and dbias's
+// partial sums of its columns in registers over the rows its warp walks, the block's warps meet
+// in shared memory, and the block adds its sums to dweight / dbias, with atomicAdd when
+// there are several blocks. Needs D % 4 == 0, D ≤ kLnBwdFusedMaxD and 16-byte aligned rows.
+template <typename T, typename W>
+__global__ void __launch_bounds__(kLnThreads)
+    layernorm_bwd_fused_kernel(const T* __restrict__ dy,        // [N, D]
+                               const T* __restrict__ x,         // [N, D]
+                               const W* __restrict__ weight,    // [D]
+                               const float* __restrict__ mean,  // [N]
+                               const float* __restrict__ rstd,  // [N]
+                               T* __restrict__ dx,              // [N, D] =
+                               float* __restrict__ dweight,     // [D] +=
+                               float* __restrict__ dbias,       // [D] +=
+                               int64_t n, int64_t d) {
+  // Each warp's sums, as float4 so that a warp's stores are conflict-free 512-byte rows.
+  __shared__ float4 part_w[kLnWarps][kLnBwdFusedMaxD / 4], part_b[kLnWarps][kLnBwdFusedMaxD / 4];
+  const int lane = threadIdx.x & 31;
+  float pw[kLnBwdChunks][4] = {}, pb[kLnBwdChunks][4] = {};
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kLnWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kLnWarps + threadIdx.x / 32; row < n;
+       row += warps) {
+    const T *gr = dy + row * d, *xr = x + row * d;
+    const float mu = mean[row], r = rstd[row];
+    float sg = 0.f, sgx = 0.f;
+#pragma unroll
+    for (int i = 0; i < kLnBwdChunks; ++i) {
+      const int64_t j = 4 * lane + 128 * i;
+      if (j >= d) break;
+      float g[4], v[4];
+      ln_load4(gr + j, g);
+      ln_load4(xr + j, v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float gh = g[k] * to_f32(weight[j + k]);
+        sg += gh;
+        sgx += gh * (v[k] - mu) * r;
+      }
+    }
+    const float mg = ln_warp_sum(sg) / static_cast<float>(d);
+    const float mgx = ln_warp_sum(sgx) / static_cast<float>(d);
+    T* dr = dx + row * d;
+#pragma unroll
+    for (int i = 0; i < kLnBwdChunks; ++i) {
+      const int64_t j = 4 * lane + 128 * i;
+      if (j >= d) break;
+      float g[4], v[4];
+      ln_load4(gr + j, g);
+      ln_load4(xr + j, v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float xh = (v[k] - mu) * r;
+        pw[i][k] += g[k] * xh;  // dweight += dy ∘ x̂
+        pb[i][k] += g[k];       // dbias += dy
+        g[k] = r * (g[k] * to_f32(weight[j + k]) - mg - xh * mgx);
+      }
+      ln_store4(dr + j, g);
+    }
+  }
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int i = 0; i < kLnBwdChunks; ++i) {
+    const int64_t j = 4 * lane + 128 * i;
+    if (j >= d) break;
+    part_w[warp][j / 4] = make_float4(pw[i][0], pw[i][1], pw[i][2], pw[i][3]);
+    part_b[warp][j / 4] = make_float4(pb[i][0], pb[i][1], pb[i][2], pb[i][3]);
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < d; c += kLnThreads) {
+    float sw = 0.f, sb = 0.f;
+#pragma unroll
+    for (int w = 0; w < kLnWarps; ++w) {
+      sw += reinterpret_cast<const float*>(part_w[w])[c];
+      sb += reinterpret_cast<const float*>(part_b[w])[c];
+    }
+    if (gridDim.x == 1) {
+      dweight[c] += sw;
+      dbias[c] += sb;
+    } else {
+      atomicAdd(dweight + c, sw);
+      atomicAdd(dbias + c, sb);
+    }
+  }
+}
+
 // dweight[c] += Σ dy[r, c] x̂[r, c], dbias[c] += Σ dy[r, c] over this block's chunk of rows.
 // Block (32, 8); grid (⌈D/32⌉, chunks). One chunk writes without atomics.
 template <typename T>
@@ -216,6 +307,18 @@ inline bool ln_aligned(const void* p, size_t bytes) {
 // Blocks for the row kernels: one warp per row, at most kLnMaxBlocks (rows grid-strided beyond).
 inline unsigned ln_row_grid(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>((n + kLnWarps - 1) / kLnWarps, kLnMaxBlocks));
+}
+
+// Whether layernorm_bwd takes the fused kernel (vector loads possible and rows short enough),
+// and its blocks: kLnBwdBlocksPerSm per SM, fewer when there are fewer rows' worth of warps.
+struct LnBwdPlan {
+  bool fused;
+  unsigned blocks;
+};
+inline LnBwdPlan ln_bwd_plan(int64_t n, int64_t d, bool vec, int sms) {
+  const bool fused = vec && d <= kLnBwdFusedMaxD;
+  const int64_t cap = std::max<int64_t>(1, int64_t{kLnBwdBlocksPerSm} * sms);
+  return {fused, static_cast<unsigned>(std::min<int64_t>(ln_row_grid(n), cap))};
 }
 
 // The column kernel's row chunks for an [N, D] problem on a GPU of `sms` multiprocessors: about
