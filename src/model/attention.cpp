@@ -46,6 +46,13 @@ Tensor MultiHeadAttention::forward(Ctx& ctx, const Tensor& x_q, const Tensor& x_
 }
 
 std::pair<Tensor, Tensor> MultiHeadAttention::backward(Ctx& ctx, const Tensor& dy) {
+  Tensor dx_q = ctx.be.zeros(q_.shape(), dy.dtype());
+  Tensor dx_kv = ctx.be.zeros(k_.shape(), dy.dtype());
+  backward_add(ctx, dy, dx_q, dx_kv);
+  return {dx_q, dx_kv};
+}
+
+void MultiHeadAttention::backward_add(Ctx& ctx, const Tensor& dy, Tensor& dq_sum, Tensor& dkv_sum) {
   Tensor datt = o_proj.backward(ctx, dy);
   Tensor dq = ctx.be.empty(q_.shape(), dy.dtype());
   Tensor dk = ctx.be.empty(k_.shape(), dy.dtype());
@@ -54,11 +61,10 @@ std::pair<Tensor, Tensor> MultiHeadAttention::backward(Ctx& ctx, const Tensor& d
   ctx.be.attention_bwd(args_, datt, q_, k_, v_, saved_, dq, dk, dv);
   q_ = k_ = v_ = Tensor();
   saved_ = AttnSaved{};
-  Tensor dx_q = q_proj.backward(ctx, dq);
-  Tensor dx_kv = k_proj.backward(ctx, dk);
-  Tensor dx_v = v_proj.backward(ctx, dv);
-  ctx.be.add(dx_kv, dx_v, dx_kv);  // k and v both read x_kv
-  return {dx_q, dx_kv};
+  // Three GEMMs that add into the sums: k and v both read x_kv, and for self-attention q too.
+  q_proj.backward_add(ctx, dq, dq_sum);
+  k_proj.backward_add(ctx, dk, dkv_sum);
+  v_proj.backward_add(ctx, dv, dkv_sum);
 }
 
 void MultiHeadAttention::for_each_param(const ParamVisitor& f) {

@@ -29,6 +29,9 @@ class MultiHeadAttention {
   Tensor forward(Ctx& ctx, const Tensor& x_q, const Tensor& x_kv, const AttnMask& mask);
   // Returns {dx_q, dx_kv}; for self-attention the caller adds the two.
   std::pair<Tensor, Tensor> backward(Ctx& ctx, const Tensor& dy);
+  // The same, adding dx_q into dq_sum and dx_kv into dkv_sum, each by its projections' GEMMs
+  // (beta = 1, no sum kernels). For self-attention both may be one tensor, x's gradient.
+  void backward_add(Ctx& ctx, const Tensor& dy, Tensor& dq_sum, Tensor& dkv_sum);
   void for_each_param(const ParamVisitor& f);
 
   Linear q_proj, k_proj, v_proj, o_proj;

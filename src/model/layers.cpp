@@ -48,11 +48,24 @@ Tensor Linear::forward(Ctx& ctx, const Tensor& x, std::optional<ActKind> act) {
 Tensor Linear::backward(Ctx& ctx, const Tensor& dy) {
   Tensor dx = ctx.be.empty(x_.shape(), dy.dtype());
   ctx.be.gemm(dy, false, weight.value, false, dx, 1.0, 0.0);  // dx = dy W
-  ctx.be.linear_bwd_params(dy, x_, weight.grad, bias.grad);   // dW += dyᵀ x; db += Σ_n dy
+  param_grads(ctx, dy);
+  return dx;
+}
+
+void Linear::backward_add(Ctx& ctx, const Tensor& dy, Tensor& dx_sum) {
+  MH_CHECK(dx_sum.shape() == x_.shape() && dx_sum.dtype() == dy.dtype(),
+           "Linear::backward_add: dx_sum ", shape_str(dx_sum.shape()), " ",
+           dtype_name(dx_sum.dtype()), ", expected ", shape_str(x_.shape()), " ",
+           dtype_name(dy.dtype()));
+  ctx.be.gemm(dy, false, weight.value, false, dx_sum, 1.0, 1.0);  // dx_sum += dy W
+  param_grads(ctx, dy);
+}
+
+void Linear::param_grads(Ctx& ctx, const Tensor& dy) {
+  ctx.be.linear_bwd_params(dy, x_, weight.grad, bias.grad);  // dW += dyᵀ x; db += Σ_n dy
   ctx.grad_ready(weight);
   ctx.grad_ready(bias);
   x_ = Tensor();
-  return dx;
 }
 
 void Linear::for_each_param(const ParamVisitor& f) {
@@ -128,10 +141,18 @@ Tensor FeedForward::forward(Ctx& ctx, const Tensor& x) {
 }
 
 Tensor FeedForward::backward(Ctx& ctx, const Tensor& dy) {
+  return fc1.backward(ctx, hidden_backward(ctx, dy));
+}
+
+void FeedForward::backward_add(Ctx& ctx, const Tensor& dy, Tensor& dx_sum) {
+  fc1.backward_add(ctx, hidden_backward(ctx, dy), dx_sum);
+}
+
+Tensor FeedForward::hidden_backward(Ctx& ctx, const Tensor& dy) {
   Tensor da = fc2.backward(ctx, dy);
   ctx.be.activation_bwd(act_, da, act_in_, da);  // in place: da becomes dh
   act_in_ = Tensor();
-  return fc1.backward(ctx, da);
+  return da;
 }
 
 void FeedForward::for_each_param(const ParamVisitor& f) {

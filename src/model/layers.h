@@ -13,11 +13,15 @@ class Linear {
   // backward is the caller's: backward takes d/d(x Wᵀ + b)); keeps x
   Tensor forward(Ctx& ctx, const Tensor& x, std::optional<ActKind> act = std::nullopt);
   Tensor backward(Ctx& ctx, const Tensor& dy);  // -> dx [N, in]; dW += dyᵀ x; db += Σ_n dy
+  // The same, adding dx into dx_sum [N, in] (the GEMM's beta = 1) where the gradients of several
+  // paths meet: no sum kernel, no extra pass over memory.
+  void backward_add(Ctx& ctx, const Tensor& dy, Tensor& dx_sum);
   void for_each_param(const ParamVisitor& f);
 
   Param weight, bias;
 
  private:
+  void param_grads(Ctx& ctx, const Tensor& dy);  // dW, db; releases x
   Tensor x_;
 };
 
@@ -57,11 +61,13 @@ class FeedForward {
               DType dtype);
   Tensor forward(Ctx& ctx, const Tensor& x);  // [N, D] -> [N, D]
   Tensor backward(Ctx& ctx, const Tensor& dy);
+  void backward_add(Ctx& ctx, const Tensor& dy, Tensor& dx_sum);  // dx_sum += dx (Linear's)
   void for_each_param(const ParamVisitor& f);
 
   Linear fc1, fc2;
 
  private:
+  Tensor hidden_backward(Ctx& ctx, const Tensor& dy);  // through fc2 and act: d(fc1's output)
   ActKind act_;
   Tensor act_in_;  // what act's backward reads: relu(h) for relu, h (fc1's output) for gelu
 };

@@ -36,10 +36,14 @@ std::pair<Tensor, Tensor> Residual::leave_backward(Ctx& ctx, const Tensor& dy) {
   return {dropout_.backward(ctx, dsum), dsum};
 }
 
+Tensor Residual::body_grad_sum(Ctx& ctx, const Tensor& d_x_residual) {
+  return pre_ ? ctx.be.zeros(d_x_residual.shape(), d_x_residual.dtype()) : d_x_residual;
+}
+
 Tensor Residual::enter_backward(Ctx& ctx, const Tensor& d_body_in, const Tensor& d_x_residual) {
-  Tensor d_in = pre_ ? norm.backward(ctx, d_body_in) : d_body_in;
-  Tensor dx = ctx.be.empty(d_in.shape(), d_in.dtype());
-  ctx.be.add(d_in, d_x_residual, dx);  // both paths of the residual
+  if (!pre_) return d_body_in;  // body_grad_sum's tensor: d_x_residual with the body's added
+  Tensor dx = norm.backward(ctx, d_body_in);
+  ctx.be.add(dx, d_x_residual, dx);  // both paths of the residual
   return dx;
 }
 
@@ -59,13 +63,17 @@ Tensor EncoderLayer::forward(Ctx& ctx, const Tensor& x, const AttnMask& src_mask
   return ffn_res.leave(ctx, ffn.forward(ctx, f_in));
 }
 
+// The input gradients of each body add into one tensor by its GEMMs (body_grad_sum: post-LN, the
+// residual's own gradient), so backward has no sum kernels.
 Tensor EncoderLayer::backward(Ctx& ctx, const Tensor& dy) {
   auto [d_ffn, dh_res] = ffn_res.leave_backward(ctx, dy);
-  Tensor dh = ffn_res.enter_backward(ctx, ffn.backward(ctx, d_ffn), dh_res);
+  Tensor d_f_in = ffn_res.body_grad_sum(ctx, dh_res);
+  ffn.backward_add(ctx, d_ffn, d_f_in);
+  Tensor dh = ffn_res.enter_backward(ctx, d_f_in, dh_res);
   auto [d_attn, dx_res] = self_res.leave_backward(ctx, dh);
-  auto [dq, dkv] = self_attn.backward(ctx, d_attn);
-  ctx.be.add(dq, dkv, dq);  // self-attention: queries, keys and values all read a_in
-  return self_res.enter_backward(ctx, dq, dx_res);
+  Tensor d_a_in = self_res.body_grad_sum(ctx, dx_res);
+  self_attn.backward_add(ctx, d_attn, d_a_in, d_a_in);  // queries, keys and values read a_in
+  return self_res.enter_backward(ctx, d_a_in, dx_res);
 }
 
 void EncoderLayer::for_each_param(const ParamVisitor& f) {
@@ -98,15 +106,17 @@ Tensor DecoderLayer::forward(Ctx& ctx, const Tensor& x, const Tensor& memory,
 
 Tensor DecoderLayer::backward(Ctx& ctx, const Tensor& dy, Tensor& d_memory) {
   auto [d_ffn, dh2_res] = ffn_res.leave_backward(ctx, dy);
-  Tensor dh2 = ffn_res.enter_backward(ctx, ffn.backward(ctx, d_ffn), dh2_res);
+  Tensor d_f_in = ffn_res.body_grad_sum(ctx, dh2_res);
+  ffn.backward_add(ctx, d_ffn, d_f_in);
+  Tensor dh2 = ffn_res.enter_backward(ctx, d_f_in, dh2_res);
   auto [d_cross, dh1_res] = cross_res.leave_backward(ctx, dh2);
-  auto [dcq, dmem] = cross_attn.backward(ctx, d_cross);
-  ctx.be.add(d_memory, dmem, d_memory);  // every decoder layer reads the encoder output
-  Tensor dh1 = cross_res.enter_backward(ctx, dcq, dh1_res);
+  Tensor d_c_in = cross_res.body_grad_sum(ctx, dh1_res);
+  cross_attn.backward_add(ctx, d_cross, d_c_in, d_memory);  // every layer reads the encoder output
+  Tensor dh1 = cross_res.enter_backward(ctx, d_c_in, dh1_res);
   auto [d_self, dx_res] = self_res.leave_backward(ctx, dh1);
-  auto [dq, dkv] = self_attn.backward(ctx, d_self);
-  ctx.be.add(dq, dkv, dq);
-  return self_res.enter_backward(ctx, dq, dx_res);
+  Tensor d_s_in = self_res.body_grad_sum(ctx, dx_res);
+  self_attn.backward_add(ctx, d_self, d_s_in, d_s_in);
+  return self_res.enter_backward(ctx, d_s_in, dx_res);
 }
 
 void DecoderLayer::for_each_param(const ParamVisitor& f) {

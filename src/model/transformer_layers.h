@@ -20,7 +20,13 @@ class Residual {
   Tensor leave(Ctx& ctx, const Tensor& body_out);
   // Backward of leave: returns {d_body_out, d_x (the residual path's share)}.
   std::pair<Tensor, Tensor> leave_backward(Ctx& ctx, const Tensor& dy);
-  // Backward of enter: adds d_body_in's contribution to d_x.
+  // Where the body's backward adds the gradient of its input (Linear::backward_add): post-LN,
+  // the body read x itself, so its gradient adds straight into d_x_residual (which this returns,
+  // to be written; the x + body sum then costs no kernel in backward); pre-LN, a zeroed tensor,
+  // since the body read LN(x).
+  Tensor body_grad_sum(Ctx& ctx, const Tensor& d_x_residual);
+  // Backward of enter, given the body's input gradient summed in body_grad_sum's tensor: returns
+  // d_x, the residual path's share plus the body's (through the norm for pre-LN).
   Tensor enter_backward(Ctx& ctx, const Tensor& d_body_in, const Tensor& d_x_residual);
 
   LayerNorm norm;

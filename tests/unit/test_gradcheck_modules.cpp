@@ -111,12 +111,31 @@ TEST_F(ModulesTest, SelfAttentionPaddedAndCausal) {
     auto bwd = [&](const Tensor& dy) {
       zero_grads(mha);
       fwd();
-      auto [dq, dkv] = mha.backward(ctx, dy);
-      x.grad = Tensor::empty(dq.shape(), f64);
-      be.add(dq, dkv, x.grad);
+      x.grad = be.zeros(x.value.shape(), f64);  // the queries', keys' and values' paths add here
+      mha.backward_add(ctx, dy, x.grad, x.grad);
     };
     check_gradients(fwd, bwd, ptrs(params, {&x}));
   }
+}
+
+// backward_add adds to what its sums hold (the layers pass the residual's gradient, the decoder
+// the encoder output's gradient of the layers before): the same as backward's, plus that.
+TEST_F(ModulesTest, AttentionBackwardAddAddsToTheSums) {
+  MultiHeadAttention mha(be, "attn", 6, 2, f64);
+  auto params = param_vars(mha, rng);
+  const Tensor xq = random_tensor({2, 3, 6}, rng), xkv = random_tensor({2, 7, 6}, rng);
+  const Tensor dy = random_tensor({2, 3, 6}, rng);
+  const Tensor q0 = random_tensor({2, 3, 6}, rng), kv0 = random_tensor({2, 7, 6}, rng);
+  AttnMask mask{{7, 4}, false};
+  mha.forward(ctx, xq, xkv, mask);
+  auto [dq, dkv] = mha.backward(ctx, dy);
+  Tensor q_sum = q0.clone(), kv_sum = kv0.clone();
+  mha.forward(ctx, xq, xkv, mask);
+  mha.backward_add(ctx, dy, q_sum, kv_sum);
+  for (int64_t i = 0; i < q_sum.numel(); ++i)
+    EXPECT_NEAR(q_sum.item(i), q0.item(i) + dq.item(i), 1e-12) << "dx_q " << i;
+  for (int64_t i = 0; i < kv_sum.numel(); ++i)
+    EXPECT_NEAR(kv_sum.item(i), kv0.item(i) + dkv.item(i), 1e-12) << "dx_kv " << i;
 }
 
 TEST_F(ModulesTest, CrossAttention) {
