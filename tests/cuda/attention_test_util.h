@@ -123,6 +123,8 @@ inline std::vector<Geo> mask_geos() {
       {"len1", 2, 2, 1, 1, {1, 1}, false},
       {"len7", 2, 3, 7, 7, {7, 7}, false},
       {"len63_causal", 2, 2, 63, 63, {63, 63}, true},
+      // every sequence in one key block (the backward stores dQ directly), one without keys
+      {"len40_pad", 3, 2, 40, 40, {40, 0, 17}, false},
       {"len65_pad", 4, 2, 65, 65, {65, 0, 1, 33}, false},
       {"len127_causal_pad", 4, 2, 127, 127, {127, 0, 1, 64}, true},
       {"len129", 1, 3, 129, 129, {129}, false},

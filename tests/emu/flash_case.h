@@ -158,23 +158,27 @@ struct FlashCase {
   }
 
   // The sm_80 backward on the forward's O and lse: D = rowsum(dO ∘ O) and the dQ conversion as
-  // flash_bwd.cu's small kernels do, flash_bwd_kernel in between. dq, dk, dv start poisoned.
+  // flash_bwd.cu's small kernels do, flash_bwd_kernel in between. dk, dv start poisoned; dq too,
+  // unless the kernel stores dQ itself (bwd_dq_direct, as the launcher chooses; `accumulate`
+  // forces the fp32 accumulator), where the launcher zeroes it first.
   template <int BBN = kBwdBN, int BBM = kBwdBMOf<D>>
   void run_backward(std::vector<T>& o, std::vector<float>& lse, std::vector<T>& dq,
-                    std::vector<T>& dk, std::vector<T>& dv) {
+                    std::vector<T>& dk, std::vector<T>& dv, bool accumulate = false) {
     std::vector<float> dsum = row_dsum(o), dq_acc(q.size(), 0.f);
     const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
-    dq.assign(q.size(), nan_t);
+    const bool direct = !accumulate && bwd_dq_direct(pr, BBN);
+    dq.assign(q.size(), direct ? round_to<T>(0.f) : nan_t);
     dk.assign(k.size(), nan_t);
     dv.assign(k.size(), nan_t);
     const BwdParams<T> bp =
         bwd_params<T>(pr,
                       AttnBwdIO{q.data(), k.data(), v.data(), o.data(), dout.data(), lse.data(),
                                 dq.data(), dk.data(), dv.data()},
-                      dq_acc.data(), dsum.data());
+                      dq_acc.data(), dsum.data(), direct);
     emu_launch((max_k + BBN - 1) / BBN, H, B, bwd_threads(BBN), bwd_smem_bytes<T, D, BBN, BBM>(),
                [&] { flash_bwd_kernel<T, D, BBN, BBM>(bp); });
-    for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
+    if (!direct)
+      for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
   }
 
   // D = rowsum(dO ∘ O) [H, total_q], as flash_bwd.cu's dot_do_o computes it.

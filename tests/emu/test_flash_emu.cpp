@@ -148,5 +148,51 @@ TEST(FlashEmu, BackwardWith128Keys) {
       {"bwd 128 keys packed cross dropout", 1, {9, 140, 30}, {300, 5, 129}, false, 0.2f, true}, 18);
 }
 
+TEST(FlashEmu, ShortSequencesStoreDq) {
+  // No sequence longer than the backward's key block (bwd_dq_direct): each block stores its
+  // queries' dQ, with no fp32 accumulator; rows no block writes (a sequence without keys,
+  // padding query rows) keep the launcher's zeros.
+  run_case<__nv_bfloat16, 64>({"short padded", 2, {50, 50, 50}, {50, 17, 0}}, 30);
+  run_case<__half, 64>({"short packed causal", 1, {64, 3, 40}, {64, 3, 40}, true, 0, true}, 31);
+  run_case<__nv_bfloat16, 64>({"short dropout", 2, {33, 33}, {33, 20}, true, 0.2f}, 32);
+  run_case<__nv_bfloat16, 128>({"short d128", 1, {40, 40}, {40, 11}, true}, 33);
+  run_case<__half, 64>({"short packed cross", 1, {100, 7}, {30, 64}, false, 0, true}, 34);
+  run_case<__nv_bfloat16, 64, kFwdBM, kFwdBN, 128, 64>(
+      {"short for 128 keys", 1, {128, 100}, {128, 70}, true, 0.1f, true}, 35);
+}
+
+// The stored dQ is the accumulator's, value for value: one block's sum, rounded once, either way.
+template <typename T, int D, int BBN = kBwdBN, int BBM = kBwdBMOf<D>>
+void direct_equals_accumulated(const Spec& s, uint64_t seed) {
+  SCOPED_TRACE(s.name);
+  FlashCase<T, D> c(s, seed);
+  ASSERT_TRUE(bwd_dq_direct(c.pr, BBN)) << "the case must fit one key block";
+  const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
+  std::vector<T> o(c.q.size(), nan_t);
+  std::vector<float> lse(static_cast<size_t>(c.H * c.total_q));
+  const FwdParams<T> fp =
+      fwd_params<T>(c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()});
+  emu_launch((c.max_q + kFwdBM - 1) / kFwdBM, c.H, c.B, fwd_threads(kFwdBM),
+             fwd_smem_bytes<T, D, kFwdBM, kFwdBN>(), [&] { flash_fwd_kernel<T, D>(fp); });
+  std::vector<T> dq1, dk1, dv1, dq2, dk2, dv2;
+  c.template run_backward<BBN, BBM>(o, lse, dq1, dk1, dv1);
+  c.template run_backward<BBN, BBM>(o, lse, dq2, dk2, dv2, /*accumulate=*/true);
+  auto same = [](const std::vector<T>& a, const std::vector<T>& b, const char* what) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i)
+      ASSERT_TRUE(to_f(a[i]) == to_f(b[i]))
+          << what << "[" << i << "]: stored " << to_f(a[i]) << ", accumulated " << to_f(b[i]);
+  };
+  same(dq1, dq2, "dQ");
+  same(dk1, dk2, "dK");
+  same(dv1, dv2, "dV");
+}
+
+TEST(FlashEmu, StoredDqEqualsAccumulatedDq) {
+  direct_equals_accumulated<__nv_bfloat16, 64>({"padded", 2, {50, 50, 50}, {50, 17, 0}, true}, 40);
+  direct_equals_accumulated<__half, 128>({"packed d128", 1, {40, 9}, {64, 9}, false, 0.3f, true},
+                                         41);
+}
+
 }  // namespace
 }  // namespace mh::cuda::flash

@@ -1,28 +1,34 @@
 // Fused attention backward (model.attention: custom), FlashAttention-2's scheme on sm_80+ tensor
 // cores. Three launches:
 //   1. dot_do_o:  D = rowsum(dO ∘ O) per (row, head), fp32, into the workspace; dQ's fp32
-//                 accumulator is zeroed (cudaMemsetAsync).
+//                 accumulator is zeroed (cudaMemsetAsync), or, when no sequence has more keys
+//                 than a block (bwd_dq_direct: a translation batch's sentences), dQ itself.
 //   2. flash_bwd: a block owns 64 keys of one (sequence, head), keeps dK and dV for them in
 //                 registers, and walks the query blocks that can see them. Per query block it
 //                 recomputes Sᵀ = K Qᵀ and Pᵀ = exp(scale·Sᵀ − lse) from the saved log-sum-exp,
 //                   dV += (P∘Z)ᵀ dO,  dPᵀ = V dOᵀ,  dSᵀ = Pᵀ ∘ ((dP∘Z)ᵀ − D) · scale,
 //                   dK += dSᵀ Q,      dQ += dS K  (fp32 atomics: blocks of other keys add too;
-//                                                    pairs as one float2 atomic on sm_90),
+//                                                    pairs as one float2 atomic on sm_90; with
+//                                                    bwd_dq_direct dQ is complete, stored rounded),
 //                 where Z is the dropout mask scaled by 1/(1-p) (all ones without dropout).
 //                 Each warp owns 16 keys, so Pᵀ and dSᵀ stay in registers for dV and dK; dS goes
 //                 through shared memory once, for dQ, whose rows span all four warps' keys.
 //                 The query blocks are software-pipelined: block m + 1's Q and dO (cp.async, two
 //                 shared buffers) and its lse and D (registers) load while block m is computed.
-//   3. convert:   dQ = the fp32 accumulator, rounded to bf16/fp16.
+//   3. convert:   dQ = the fp32 accumulator, rounded to bf16/fp16 (not with bwd_dq_direct, which
+//                 also spares the accumulator's zeroing and atomics: for 64-token sentences those
+//                 passes move about as many bytes as the main kernel reads).
 // D = rowsum(dO ∘ O) equals rowsum(dP∘Z ∘ P) also with dropout, since O = (P∘Z) V.
 // Problem, layouts, masks and dropout bits: attention_problem.h.
 //
 // Resources of flash_bwd (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads:
-//   head_dim 64  (kBM 64): 252 registers (sm_90a), 248 (sm_80), no spills; 57 KiB shared
-//   head_dim 128 (kBM 32): 255 registers (sm_90a), no spills; 255 (sm_80), 8 bytes spilled;
+//   head_dim 64  (kBM 64): 254 registers (sm_90a), 250 (sm_80), no spills; 57 KiB shared
+//   head_dim 128 (kBM 32): 255 registers, 4 bytes spilled (sm_90a), 8 bytes (sm_80);
 //                          68.5 KiB shared
-//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 252 registers (sm_90a), 245
+//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 254 registers (sm_90a), 248
 //                          (sm_80), no spills; 81 KiB shared; one block (8 warps) per SM
+//   (The dQ store of bwd_dq_direct, a branch on a kernel argument, cost 2 registers and sm_90a's
+//   head_dim-128 kernel 4 bytes of spill; the branch placed outside the row loop spilled more.)
 //   (Steps without a mask to evaluate, all_visible, took 6-9 registers off. Deciding dropout
 //   once per step instead of per element put 3-4 back, and 8 bytes of spill on sm_80's head_dim
 //   128, since the 32 exps of a thread now overlap: without dropout the SASS has no branch
@@ -119,10 +125,11 @@ void launch_bwd_main(const AttnProblem& pr, const BwdParams<T>& p, cudaStream_t 
 
 template <typename T, int D>
 void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cudaStream_t s) {
-  const BwdScratch w = flash_bwd_prologue(pr, io, workspace, s);
-  const BwdParams<T> p = bwd_params<T>(pr, io, w.dq_acc, w.dsum);
+  const int bn = D == 64 ? bwd_keys_per_block() : kBwdBN;
+  const BwdScratch w = flash_bwd_prologue(pr, io, workspace, s, bwd_dq_direct(pr, bn));
+  const BwdParams<T> p = bwd_params<T>(pr, io, w.dq_acc, w.dsum, w.dq_direct);
   if constexpr (D == 64) {
-    if (bwd_keys_per_block() == 128) {
+    if (bn == 128) {
       launch_bwd_main<T, D, 128>(pr, p, s);
     } else {
       launch_bwd_main<T, D, kBwdBN>(pr, p, s);
@@ -154,11 +161,15 @@ void convert_dq(const float* acc, void* dq, int64_t n, cudaStream_t s) {
 namespace flash {
 
 BwdScratch flash_bwd_prologue(const AttnProblem& pr, const AttnBwdIO& io, void* workspace,
-                              cudaStream_t s) {
+                              cudaStream_t s, bool dq_direct) {
   BwdScratch w;
   w.dq_acc = static_cast<float*>(workspace);
   w.dsum = w.dq_acc + dq_acc_elems(pr);
-  MH_CUDA_CHECK(cudaMemsetAsync(w.dq_acc, 0, pr.total_q * pr.row_elems() * sizeof(float), s));
+  w.dq_direct = dq_direct;
+  if (dq_direct)
+    MH_CUDA_CHECK(cudaMemsetAsync(io.dq, 0, pr.total_q * pr.row_elems() * dtype_size(pr.dtype), s));
+  else
+    MH_CUDA_CHECK(cudaMemsetAsync(w.dq_acc, 0, pr.total_q * pr.row_elems() * sizeof(float), s));
   const bool bf16 = pr.dtype == DType::bf16;
   if (pr.head_dim == 64)
     bf16 ? dot_do_o<__nv_bfloat16, 64>(pr, io, w.dsum, s) : dot_do_o<__half, 64>(pr, io, w.dsum, s);
@@ -170,7 +181,7 @@ BwdScratch flash_bwd_prologue(const AttnProblem& pr, const AttnBwdIO& io, void* 
 
 void flash_bwd_epilogue(const AttnProblem& pr, const BwdScratch& w, void* dq, cudaStream_t s) {
   const int64_t n = pr.total_q * pr.row_elems();
-  if (n == 0) return;
+  if (n == 0 || w.dq_direct) return;
   pr.dtype == DType::bf16 ? convert_dq<__nv_bfloat16>(w.dq_acc, dq, n, s)
                           : convert_dq<__half>(w.dq_acc, dq, n, s);
 }

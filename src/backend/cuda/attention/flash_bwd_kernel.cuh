@@ -28,14 +28,24 @@ struct BwdParams : FlashShape {
   const float* lse;   // [H, total_q], natural log
   const float* dsum;  // [H, total_q]: rowsum(dO ∘ O)
   float* dq_acc;      // [total_q, H·D] fp32
-  T *dk, *dv;
+  T *dq, *dk, *dv;
+  bool dq_direct;  // dQ's rows are stored to dq (each from one block), not added to dq_acc
 };
 
+// Whether every query row's dQ comes from a single block of BN keys (no sequence has more keys),
+// so that the block stores it rounded, without the fp32 accumulator, its zeroing and the pass
+// that converts it: translation batches of sentences up to BN tokens, where those passes cost
+// as much traffic as the kernel's own.
+inline bool bwd_dq_direct(const AttnProblem& pr, int bn) {
+  return pr.max_len_k <= bn;
+}
+
 // The kernel's arguments for a problem (host code; shared by the launcher and the emulation).
-// dq_acc: zeroed fp32 [total_q, H·D]; dsum: rowsum(dO ∘ O) [H, total_q].
+// dq_acc: zeroed fp32 [total_q, H·D] (unused with dq_direct; io.dq zeroed instead);
+// dsum: rowsum(dO ∘ O) [H, total_q].
 template <typename T>
 inline BwdParams<T> bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float* dq_acc,
-                               const float* dsum) {
+                               const float* dsum, bool dq_direct) {
   BwdParams<T> p;
   static_cast<FlashShape&>(p) = flash_shape(pr);
   p.q = static_cast<const T*>(io.q);
@@ -45,6 +55,8 @@ inline BwdParams<T> bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float
   p.lse = io.lse;
   p.dsum = dsum;
   p.dq_acc = dq_acc;
+  p.dq = static_cast<T*>(io.dq);
+  p.dq_direct = dq_direct;
   p.dk = static_cast<T*>(io.dk);
   p.dv = static_cast<T*>(io.dv);
   return p;
@@ -271,10 +283,17 @@ flash_bwd_kernel(const BwdParams<T> p) {
       for (int r = 0; r < 2; ++r) {
         const int ql = qr0 + g + 8 * r;
         if (ql >= q_here) continue;
-        float* dst = p.dq_acc + (sr.q0 + m0 + ql) * rs + h * D + d0 + 2 * t4;
+        const int64_t at = (sr.q0 + m0 + ql) * rs + h * D + d0 + 2 * t4;
+        if (p.dq_direct) {  // this block holds every key of the sequence: dQ is complete
 #pragma unroll
-        for (int dt = 0; dt < DW / 8; ++dt)
-          atomic_add2(dst + dt * 8, dq[dt][2 * r], dq[dt][2 * r + 1]);
+          for (int dt = 0; dt < DW / 8; ++dt)
+            *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
+                pack2<T>(dq[dt][2 * r], dq[dt][2 * r + 1]);
+        } else {  // blocks of the sequence's other keys add to the same rows
+#pragma unroll
+          for (int dt = 0; dt < DW / 8; ++dt)
+            atomic_add2(p.dq_acc + at + dt * 8, dq[dt][2 * r], dq[dt][2 * r + 1]);
+        }
       }
       if (more) store_stats(cur ^ 1);  // read by the next step, after its barrier
       block_sync();  // the next step overwrites sdS, and the step after it this block's buffers
