@@ -119,6 +119,24 @@ struct Backend {
   virtual void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight,
                              const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
                              Tensor& dbias) = 0;
+  // A post-LN residual's end: sum = x + dropout(body), with dropout_fwd's mask for (p, seed,
+  // offset) (none when p == 0), then y = layernorm(sum) as layernorm_fwd. All of x, body, sum, y
+  // are [N, D]; sum is what layernorm_bwd reads back. The default composes dropout_fwd, add and
+  // layernorm_fwd; a backend may do it in one pass (CUDA: x and body read once, no dropped
+  // tensor).
+  virtual void residual_layernorm_fwd(const Tensor& x, const Tensor& body, double p, uint64_t seed,
+                                      uint64_t offset, const Tensor& weight, const Tensor& bias,
+                                      double eps, Tensor& sum, Tensor& y, Tensor& mean,
+                                      Tensor& rstd) {
+    if (p > 0) {
+      Tensor dropped = empty(body.shape(), body.dtype());
+      dropout_fwd(body, p, seed, offset, dropped);
+      add(x, dropped, sum);
+    } else {
+      add(x, body, sum);
+    }
+    layernorm_fwd(sum, weight, bias, eps, y, mean, rstd);
+  }
 
   // y = act(x); gelu is the exact erf form (PyTorch's default). y may alias x.
   virtual void activation_fwd(ActKind kind, const Tensor& x, Tensor& y) = 0;

@@ -173,6 +173,14 @@ void ProfilingBackend::activation_bwd(ActKind kind, const Tensor& dy, const Tens
   inner_.activation_bwd(kind, dy, x, dx);
 }
 
+void ProfilingBackend::residual_layernorm_fwd(const Tensor& x, const Tensor& body, double p,
+                                              uint64_t seed, uint64_t offset, const Tensor& weight,
+                                              const Tensor& bias, double eps, Tensor& sum,
+                                              Tensor& y, Tensor& mean, Tensor& rstd) {
+  begin("residual_layernorm_fwd");
+  inner_.residual_layernorm_fwd(x, body, p, seed, offset, weight, bias, eps, sum, y, mean, rstd);
+}
+
 void ProfilingBackend::dropout_fwd(const Tensor& x, double p, uint64_t seed, uint64_t offset,
                                    Tensor& y) {
   begin("dropout_fwd");

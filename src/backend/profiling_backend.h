@@ -78,6 +78,9 @@ class ProfilingBackend final : public Backend {
                      const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias) override;
   void activation_fwd(ActKind kind, const Tensor& x, Tensor& y) override;
   void activation_bwd(ActKind kind, const Tensor& dy, const Tensor& x, Tensor& dx) override;
+  void residual_layernorm_fwd(const Tensor& x, const Tensor& body, double p, uint64_t seed,
+                              uint64_t offset, const Tensor& weight, const Tensor& bias, double eps,
+                              Tensor& sum, Tensor& y, Tensor& mean, Tensor& rstd) override;
   void dropout_fwd(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& y) override;
   void dropout_bwd(const Tensor& dy, double p, uint64_t seed, uint64_t offset, Tensor& dx) override;
   void embed_fwd(const Tensor& ids, const Tensor& table, const Tensor& pe, double scale,

@@ -89,6 +89,17 @@ Tensor LayerNorm::forward(Ctx& ctx, const Tensor& x) {
   return y;
 }
 
+Tensor LayerNorm::forward_residual(Ctx& ctx, const Tensor& x, const Tensor& body, double p,
+                                   uint64_t offset) {
+  x_ = ctx.be.empty(x.shape(), x.dtype());  // the sum, which backward normalizes again
+  Tensor y = ctx.be.empty(x.shape(), x.dtype());
+  mean_ = ctx.be.empty({x.rows2d()}, stat_dtype(x.dtype()));
+  rstd_ = ctx.be.empty({x.rows2d()}, stat_dtype(x.dtype()));
+  ctx.be.residual_layernorm_fwd(x, body, p, ctx.seed, offset, weight.value, bias.value, eps_, x_, y,
+                                mean_, rstd_);
+  return y;
+}
+
 Tensor LayerNorm::backward(Ctx& ctx, const Tensor& dy) {
   Tensor dx = ctx.be.empty(x_.shape(), dy.dtype());
   ctx.be.layernorm_bwd(dy, x_, weight.value, mean_, rstd_, dx, weight.grad, bias.grad);
@@ -105,10 +116,15 @@ void LayerNorm::for_each_param(const ParamVisitor& f) {
 
 // --- Dropout --------------------------------------------------------------------------------
 
-Tensor Dropout::forward(Ctx& ctx, const Tensor& x) {
+std::pair<double, uint64_t> Dropout::forward_site(Ctx& ctx) {
   active_ = ctx.training && p_ > 0;
-  if (!active_) return x;
+  if (!active_) return {0.0, 0};
   offset_ = ctx.next_dropout_offset();
+  return {p_, offset_};
+}
+
+Tensor Dropout::forward(Ctx& ctx, const Tensor& x) {
+  if (forward_site(ctx).first == 0) return x;
   Tensor y = ctx.be.empty(x.shape(), x.dtype());
   ctx.be.dropout_fwd(x, p_, ctx.seed, offset_, y);
   return y;

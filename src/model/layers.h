@@ -29,7 +29,10 @@ class Linear {
 class LayerNorm {
  public:
   LayerNorm(Backend& be, const std::string& name, int64_t dim, double eps, DType dtype);
-  Tensor forward(Ctx& ctx, const Tensor& x);    // [N, D] -> [N, D]
+  Tensor forward(Ctx& ctx, const Tensor& x);  // [N, D] -> [N, D]
+  // LN(x + dropout(body)), dropout with rate p at `offset` of ctx.seed's stream (p = 0: none), as
+  // one backend op (Backend::residual_layernorm_fwd); backward then gives d(x + dropout(body)).
+  Tensor forward_residual(Ctx& ctx, const Tensor& x, const Tensor& body, double p, uint64_t offset);
   Tensor backward(Ctx& ctx, const Tensor& dy);  // -> dx
   void for_each_param(const ParamVisitor& f);
 
@@ -45,6 +48,9 @@ class Dropout {
  public:
   explicit Dropout(double p) : p_(p) {}
   Tensor forward(Ctx& ctx, const Tensor& x);
+  // For an op that applies this dropout itself (LayerNorm::forward_residual): takes this
+  // forward's site as forward would and returns {p, offset}, p = 0 when inactive.
+  std::pair<double, uint64_t> forward_site(Ctx& ctx);
   Tensor backward(Ctx& ctx, const Tensor& dy);
 
  private:

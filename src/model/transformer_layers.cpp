@@ -24,11 +24,17 @@ Tensor Residual::enter(Ctx& ctx, const Tensor& x) {
 }
 
 Tensor Residual::leave(Ctx& ctx, const Tensor& body_out) {
+  if (!pre_) {  // LN(x + Dropout(body)): one backend op (one kernel on the GPU)
+    const auto [p, offset] = dropout_.forward_site(ctx);
+    Tensor y = norm.forward_residual(ctx, x_, body_out, p, offset);
+    x_ = Tensor();
+    return y;
+  }
   Tensor dropped = dropout_.forward(ctx, body_out);
   Tensor sum = ctx.be.empty(x_.shape(), x_.dtype());
-  ctx.be.add(x_, dropped, sum);  // x + Dropout(body)
+  ctx.be.add(x_, dropped, sum);  // x + Dropout(body); the next sublayer's enter normalizes it
   x_ = Tensor();
-  return pre_ ? sum : norm.forward(ctx, sum);
+  return sum;
 }
 
 std::pair<Tensor, Tensor> Residual::leave_backward(Ctx& ctx, const Tensor& dy) {

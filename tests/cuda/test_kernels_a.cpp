@@ -444,5 +444,55 @@ TEST_F(CudaKernelsA, LayerNorm) {
         }
 }
 
+// sum = x + dropout(body), y = LN(sum) in one kernel: against the GPU's own composition
+// (dropout_fwd, add, layernorm_fwd: the sum bit for bit) and the CPU's in F32. The launcher
+// declines (returns false) rows it cannot fuse, which CudaBackend then composes.
+TEST_F(CudaKernelsA, ResidualLayerNorm) {
+  const double eps = 1e-5;
+  const uint64_t seed = 77, offset = (uint64_t{5} << 24) | 2;
+  for (DType t : kDtypes)
+    for (DType wt : param_dtypes(t))
+      for (auto [n, d] : {std::pair<int64_t, int64_t>{37, 132}, {4096, 512}, {9, 1028}, {37, 203}})
+        for (bool mis : {false, true})
+          for (double p : {0.0, 0.1}) {
+            SCOPED_TRACE(::testing::Message()
+                         << dtype_name(t) << " weight " << dtype_name(wt) << " N=" << n
+                         << " D=" << d << " misaligned=" << mis << " p=" << p);
+            const Vec x = random_values(rng, n * d, t, 3.f), body = random_values(rng, n * d, t);
+            const Vec w = random_values(rng, d, wt), bias = random_values(rng, d, wt);
+            Tensor ref_sum = host(Vec(n * d, 0.f), {n, d}), ref_y = host(Vec(n * d, 0.f), {n, d});
+            Tensor ref_mean = host(Vec(n, 0.f), {n}), ref_rstd = host(Vec(n, 0.f), {n});
+            cpu.residual_layernorm_fwd(host(x, {n, d}), host(body, {n, d}), p, seed, offset,
+                                       host(w, {d}), host(bias, {d}), eps, ref_sum, ref_y, ref_mean,
+                                       ref_rstd);
+
+            const Tensor gx = upload(x, {n, d}, t, mis), gbody = upload(body, {n, d}, t, mis);
+            const Tensor gw = upload(w, {d}, wt), gb = upload(bias, {d}, wt);
+            Tensor sum = dev_empty({n, d}, t, mis), y = dev_empty({n, d}, t, mis);
+            Tensor mean = dev_empty({n}, DType::f32), rstd = dev_empty({n}, DType::f32);
+            for (Tensor* o : {&sum, &y, &mean, &rstd}) poison(*o);
+            const bool fused = cuda::residual_layernorm_fwd(gx, gbody, p, seed, offset, gw, gb, eps,
+                                                            sum, y, mean, rstd, s);
+            EXPECT_EQ(fused, !mis && d % 4 == 0 && d <= 1024);
+            if (!fused) continue;
+            EXPECT_CLOSE(download(sum), values(ref_sum), t);
+            EXPECT_CLOSE(download(y), values(ref_y), t);
+            EXPECT_CLOSE(download(mean), values(ref_mean), DType::f32);
+            EXPECT_CLOSE(download(rstd), values(ref_rstd), DType::f32);
+
+            // The GPU's composition: the same sum, bit for bit.
+            Tensor dropped = dev_empty({n, d}, t, mis), sum2 = dev_empty({n, d}, t, mis);
+            if (p > 0)
+              cuda::dropout_fwd(gbody, p, seed, offset, dropped, s);
+            else
+              dropped = gbody;
+            cuda::add(gx, dropped, sum2, s);
+            const Vec a = download(sum), b = download(sum2);
+            for (size_t i = 0; i < a.size(); ++i)
+              ASSERT_TRUE(a[i] == b[i])
+                  << "sum[" << i << "]: fused " << a[i] << ", composed " << b[i];
+          }
+}
+
 }  // namespace
 }  // namespace mh

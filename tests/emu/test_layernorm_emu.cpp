@@ -12,12 +12,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <type_traits>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/kernels/dropout_kernels.cuh"
 #include "backend/cuda/kernels/layernorm_kernels.cuh"
 #include "kernel_emu_util.h"
 
@@ -203,6 +205,91 @@ TEST(LayerNormEmu, F16WeightF32) {
 }
 TEST(LayerNormEmu, F16WeightF16) {
   run_all<__half, __half>(500);
+}
+
+// residual_layernorm_fwd_kernel against the ops it fuses: dropout_kernel (emulated, so the very
+// mask and rounding of dropout_fwd), the add kernel's rounding of x + dropped to T, then the sum
+// normalized by CpuBackend in float64. The sum must equal that composition bit for bit (it is
+// what layernorm_bwd reads back); y, mean and rstd within the tolerances above.
+struct ResidualCase {
+  int64_t n, d;
+  double p;
+  unsigned row_grid_cap = 0;  // > 0: fewer blocks than the launcher's, to run the row loop
+};
+
+template <typename T, typename W>
+void run_residual_case(const ResidualCase& c, uint64_t seed) {
+  const int64_t n = c.n, d = c.d, nd = n * d;
+  SCOPED_TRACE(::testing::Message() << type_name<T>() << " weight " << type_name<W>() << " N=" << n
+                                    << " D=" << d << " p=" << c.p);
+  ASSERT_TRUE(ln_residual_fusable(d, true));
+  std::mt19937_64 rng(seed);
+  Buf<T> x = random_buf<T>(rng, nd, 3.f), body = random_buf<T>(rng, nd, 0.f);
+  Buf<W> w = random_buf<W>(rng, d, 0.f), b = random_buf<W>(rng, d, 0.f);
+  const uint64_t drop_seed = 1234 + seed, offset = (uint64_t{7} << 24) | 3;
+  const DropoutArgs da = dropout_args(c.p);
+
+  // The composition: dropout_fwd's kernel, then the add kernel's rounding.
+  Buf<T> dropped(nd, false), want_sum(nd, false);
+  if (c.p > 0)
+    emu::launch({dropout_grid(nd)}, {kDropThreads}, [&] {
+      dropout_kernel<T>(body.p, dropped.p, nd, da.threshold, da.scale, drop_seed, offset, true);
+    });
+  else
+    for (int64_t i = 0; i < nd; ++i) dropped[i] = body[i];
+  for (int64_t i = 0; i < nd; ++i) want_sum[i] = from_f<T>(to_f(x[i]) + to_f(dropped[i]));
+  const double eps = 1e-5;
+  CpuBackend cpu;
+  Tensor ref_y = Tensor::empty({n, d}, DType::f64), ref_mean = Tensor::empty({n}, DType::f64),
+         ref_rstd = Tensor::empty({n}, DType::f64);
+  cpu.layernorm_fwd(to_f64(want_sum, {n, d}), to_f64(w, {d}), to_f64(b, {d}), eps, ref_y, ref_mean,
+                    ref_rstd);
+
+  Buf<T> sum(nd, false), y(nd, false);
+  Buf<float> mean(n, false), rstd(n, false);
+  poison(sum, nd);
+  poison(y, nd);
+  poison(mean, n);
+  poison(rstd, n);
+  const unsigned grid =
+      c.row_grid_cap > 0 ? std::min(c.row_grid_cap, ln_row_grid(n)) : ln_row_grid(n);
+  emu::launch({grid}, {kLnThreads}, [&] {
+    residual_layernorm_fwd_kernel<T, W>(x.p, body.p, w.p, b.p, sum.p, y.p, mean.p, rstd.p, n, d,
+                                        static_cast<float>(eps), c.p > 0, da.threshold, da.scale,
+                                        drop_seed, offset);
+  });
+  for (int64_t i = 0; i < nd; ++i)
+    ASSERT_EQ(std::memcmp(&sum[i], &want_sum[i], sizeof(T)), 0)
+        << "sum[" << i << "] = " << to_f(sum[i]) << ", the composition's " << to_f(want_sum[i]);
+  EXPECT_LE(rel_err(y, ref_y), tolerance<T>()) << "y";
+  EXPECT_LE(rel_err(mean, ref_mean), 1e-5) << "mean";
+  EXPECT_LE(rel_err(rstd, ref_rstd), 1e-5) << "rstd";
+}
+
+const ResidualCase kResidualCases[] = {
+    {37, 132, 0.1},    // a partial 128-column chunk; 37 rows: a partial last block
+    {64, 512, 0.25},   // paper-base's rows
+    {3, 1024, 0.0},    // the longest rows, no dropout
+    {37, 96, 0.5, 2},  // 2 blocks for 10 blocks' rows: the row loop
+    {5, 4, 0.3},       // a row of one 4-element chunk
+};
+
+template <typename T, typename W>
+void run_residual_all(uint64_t seed) {
+  for (const ResidualCase& c : kResidualCases) run_residual_case<T, W>(c, seed++);
+}
+
+TEST(ResidualLayerNormEmu, F32) {
+  run_residual_all<float, float>(600);
+}
+TEST(ResidualLayerNormEmu, BF16WeightF32) {
+  run_residual_all<__nv_bfloat16, float>(700);
+}
+TEST(ResidualLayerNormEmu, BF16WeightBF16) {
+  run_residual_all<__nv_bfloat16, __nv_bfloat16>(800);
+}
+TEST(ResidualLayerNormEmu, F16WeightF16) {
+  run_residual_all<__half, __half>(900);
 }
 
 }  // namespace

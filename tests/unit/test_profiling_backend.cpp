@@ -101,8 +101,13 @@ TEST(ProfilingBackend, CountsEveryOpOfAStep) {
   EXPECT_EQ(calls["sum_squares_all"], 2);
   EXPECT_EQ(calls["embed_fwd"], 2 * 2);  // source and target embeddings
   EXPECT_GT(calls["linear_fwd"], 0);
-  EXPECT_EQ(calls["layernorm_fwd"], calls["layernorm_bwd"]);
-  EXPECT_EQ(calls["dropout_fwd"], calls["dropout_bwd"]);
+  // Post-LN: every sublayer ends in one residual_layernorm_fwd, which applies the sublayer's
+  // dropout itself (the toy model's dropout is active) and whose norm has a layernorm_bwd.
+  ASSERT_EQ(cfg.model.norm, NormPlacement::post);
+  ASSERT_GT(cfg.model.dropout, 0.0);
+  EXPECT_EQ(calls["residual_layernorm_fwd"], 2 * (2 * enc + 3 * dec));
+  EXPECT_EQ(calls["layernorm_fwd"] + calls["residual_layernorm_fwd"], calls["layernorm_bwd"]);
+  EXPECT_EQ(calls["dropout_fwd"] + calls["residual_layernorm_fwd"], calls["dropout_bwd"]);
   EXPECT_GT(calls["dropout_fwd"], 0);
 }
 

@@ -151,6 +151,16 @@ void CudaBackend::layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor&
   cuda::layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, compute_);
 }
 
+void CudaBackend::residual_layernorm_fwd(const Tensor& x, const Tensor& body, double p,
+                                         uint64_t seed, uint64_t offset, const Tensor& weight,
+                                         const Tensor& bias, double eps, Tensor& sum, Tensor& y,
+                                         Tensor& mean, Tensor& rstd) {
+  if (!cuda::residual_layernorm_fwd(x, body, p, seed, offset, weight, bias, eps, sum, y, mean, rstd,
+                                    compute_))
+    Backend::residual_layernorm_fwd(x, body, p, seed, offset, weight, bias, eps, sum, y, mean,
+                                    rstd);
+}
+
 void CudaBackend::activation_fwd(ActKind kind, const Tensor& x, Tensor& y) {
   cuda::activation_fwd(kind, x, y, compute_);
 }

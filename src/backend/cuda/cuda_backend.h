@@ -55,6 +55,10 @@ class CudaBackend : public Backend {
                      Tensor& y, Tensor& mean, Tensor& rstd) override;
   void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                      const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias) override;
+  // One kernel where the rows fit it (kernels.h), else Backend's composition.
+  void residual_layernorm_fwd(const Tensor& x, const Tensor& body, double p, uint64_t seed,
+                              uint64_t offset, const Tensor& weight, const Tensor& bias, double eps,
+                              Tensor& sum, Tensor& y, Tensor& mean, Tensor& rstd) override;
   void activation_fwd(ActKind kind, const Tensor& x, Tensor& y) override;
   void activation_bwd(ActKind kind, const Tensor& dy, const Tensor& x, Tensor& dx) override;
   void dropout_fwd(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& y) override;

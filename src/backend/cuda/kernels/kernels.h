@@ -49,6 +49,12 @@ void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, do
 // dx = ...; dweight, dbias (F32) += ... (column sums: per-block partials, then a reduction)
 void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                    const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias, cudaStream_t s);
+// sum = x + dropout(body), y = layernorm(sum) in one pass (Backend::residual_layernorm_fwd; the
+// dropout mask is dropout_fwd's). Returns false, launching nothing, when the rows do not fit the
+// fused kernel (D % 4 != 0, D > 1024, or a row not 16-byte aligned): the caller composes then.
+bool residual_layernorm_fwd(const Tensor& x, const Tensor& body, double p, uint64_t seed,
+                            uint64_t offset, const Tensor& weight, const Tensor& bias, double eps,
+                            Tensor& sum, Tensor& y, Tensor& mean, Tensor& rstd, cudaStream_t s);
 
 // --- softmax_xent.cu: one block per row; logits read twice, probabilities never stored --------
 // Sums (loss, nll, tokens) go to `sums` (device F64 [3], accumulated with atomicAdd; the caller

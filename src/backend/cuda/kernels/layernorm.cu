@@ -4,6 +4,7 @@
 //                  mean [N] F32 = μ,  rstd [N] F32 = r = 1 / sqrt(var + eps)  (biased variance)
 //   layernorm_bwd  dx [N, D] T  =  r (ĝ − mean(ĝ) − x̂ mean(ĝ ∘ x̂)),  x̂ = (x − μ) r, ĝ = dy ∘ w
 //                  dweight [D] F32 += Σ_n dy ∘ x̂;   dbias [D] F32 += Σ_n dy
+//   residual_layernorm_fwd  sum = x + dropout(body), then layernorm_fwd of sum
 // T is F32, BF16 or F16; W (weight, bias) is F32 or T. All statistics and sums in fp32.
 // dx must not alias dy or x.
 //
@@ -20,6 +21,13 @@
 // (nvcc 13.0 -Xptxas -v): 102-114 registers, no spills, 32 KiB of shared memory: four blocks of
 // 4 warps per SM, as it is launched (kLnBwdBlocksPerSm).
 //
+// residual_layernorm_fwd: a post-LN residual's x + dropout(body) and its LayerNorm in one pass
+// (rows as the fused backward's: D % 4 == 0, D ≤ 1024, aligned; otherwise it declines and the
+// backend composes dropout_fwd, add and layernorm_fwd). The composition wrote the dropped body
+// and the sum and read them back; this reads x and body once and writes the sum (for backward)
+// and y. The sum is the composition's bit for bit (same mask, same roundings). 64-92 registers,
+// no spills.
+//
 // The kernels and their launch geometry are in layernorm_kernels.cuh.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,6 +37,7 @@
 #include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels/dropout_kernels.cuh"  // dropout_args: the same mask
 #include "backend/cuda/kernels/kernels.h"
 #include "backend/cuda/kernels/layernorm_kernels.cuh"
 
@@ -106,6 +115,57 @@ void layernorm_fwd(const Tensor& x, const Tensor& weight, const Tensor& bias, do
           d, static_cast<float>(eps), vec);
     MH_CUDA_CHECK_LAUNCH();
   });
+}
+
+bool residual_layernorm_fwd(const Tensor& x, const Tensor& body, double p, uint64_t seed,
+                            uint64_t offset, const Tensor& weight, const Tensor& bias, double eps,
+                            Tensor& sum, Tensor& y, Tensor& mean, Tensor& rstd, cudaStream_t s) {
+  const int64_t n = x.rows2d(), d = x.cols2d();
+  for (const Tensor* t : {&body, static_cast<const Tensor*>(&sum), static_cast<const Tensor*>(&y)})
+    MH_CHECK(t->shape() == x.shape() && t->dtype() == x.dtype(), "residual_layernorm_fwd: x ",
+             shape_str(x.shape()), dtype_name(x.dtype()), " and ", shape_str(t->shape()),
+             dtype_name(t->dtype()), ": expected the same shape and dtype");
+  MH_CHECK(weight.numel() == d && bias.numel() == d && mean.numel() == n && rstd.numel() == n,
+           "residual_layernorm_fwd shapes: x ", shape_str(x.shape()), " weight ",
+           shape_str(weight.shape()), " bias ", shape_str(bias.shape()), " mean ",
+           shape_str(mean.shape()), " rstd ", shape_str(rstd.shape()));
+  MH_CHECK(weight.dtype() == bias.dtype() &&
+               (weight.dtype() == DType::f32 || weight.dtype() == x.dtype()),
+           "residual_layernorm_fwd: weight ", dtype_name(weight.dtype()), " bias ",
+           dtype_name(bias.dtype()), " x ", dtype_name(x.dtype()));
+  MH_CHECK(mean.dtype() == DType::f32 && rstd.dtype() == DType::f32,
+           "residual_layernorm_fwd: statistics must be F32");
+  MH_CHECK(p >= 0 && p < 1, "residual_layernorm_fwd: dropout p = ", p);
+  for (const Tensor* t :
+       {&x, &body, &weight, &bias, static_cast<const Tensor*>(&sum), static_cast<const Tensor*>(&y),
+        static_cast<const Tensor*>(&mean), static_cast<const Tensor*>(&rstd)})
+    ln_on_device(*t, "residual_layernorm_fwd");
+  if (n == 0 || d == 0) return true;
+  bool launched = false;
+  ln_dispatch(x.dtype(), "residual_layernorm_fwd", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T *xp = static_cast<const T*>(x.raw()), *bp = static_cast<const T*>(body.raw());
+    T *sp = static_cast<T*>(sum.raw()), *yp = static_cast<T*>(y.raw());
+    const size_t al = 4 * sizeof(T);
+    if (!ln_residual_fusable(d, ln_aligned(xp, al) && ln_aligned(bp, al) && ln_aligned(sp, al) &&
+                                    ln_aligned(yp, al)))
+      return;
+    const DropoutArgs da = dropout_args(p);
+    float* mp = static_cast<float*>(mean.raw());
+    float* rp = static_cast<float*>(rstd.raw());
+    if (weight.dtype() == DType::f32)
+      residual_layernorm_fwd_kernel<T, float><<<ln_row_grid(n), kLnThreads, 0, s>>>(
+          xp, bp, static_cast<const float*>(weight.raw()), static_cast<const float*>(bias.raw()),
+          sp, yp, mp, rp, n, d, static_cast<float>(eps), p > 0, da.threshold, da.scale, seed,
+          offset);
+    else if constexpr (!std::is_same_v<T, float>)
+      residual_layernorm_fwd_kernel<T, T><<<ln_row_grid(n), kLnThreads, 0, s>>>(
+          xp, bp, static_cast<const T*>(weight.raw()), static_cast<const T*>(bias.raw()), sp, yp,
+          mp, rp, n, d, static_cast<float>(eps), p > 0, da.threshold, da.scale, seed, offset);
+    MH_CUDA_CHECK_LAUNCH();
+    launched = true;
+  });
+  return launched;
 }
 
 void layernorm_bwd(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,

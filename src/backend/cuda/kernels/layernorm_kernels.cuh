@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include "backend/cuda/kernels/dtype_convert.cuh"
+#include "core/philox.h"
 
 namespace mh::cuda {
 
@@ -108,6 +109,82 @@ __global__ void __launch_bounds__(kLnThreads)
     } else {
       for (int64_t j = lane; j < d; j += 32)
         yr[j] = from_f32<T>((to_f32(xr[j]) - mu) * r * to_f32(weight[j]) + to_f32(bias[j]));
+    }
+  }
+}
+
+// A post-LN residual's end in one pass (Backend::residual_layernorm_fwd): sum = x + dropout(body),
+// y = layernorm(sum). Each lane keeps its columns of the row's sum in registers (rows of up to
+// kLnBwdFusedMaxD, D % 4 == 0, 16-byte aligned), so x and body are read once and neither the
+// dropped body nor a re-read of the sum goes through memory. Rounding as the composed kernels
+// round: the dropped value to T (dropout_kernel), the sum to T (the add kernel), and the
+// statistics from the rounded sum (layernorm_fwd_kernel), so `sum` is what they would write.
+// The mask is dropout_kernel's: element e keeps iff lane e % 4 of Philox block e / 4 of
+// (seed, offset), shifted right by 8, is >= threshold.
+template <typename T, typename W>
+__global__ void __launch_bounds__(kLnThreads)
+    residual_layernorm_fwd_kernel(const T* __restrict__ x,       // [N, D]
+                                  const T* __restrict__ body,    // [N, D]
+                                  const W* __restrict__ weight,  // [D]
+                                  const W* __restrict__ bias,    // [D]
+                                  T* __restrict__ sum,           // [N, D] =
+                                  T* __restrict__ y,             // [N, D] =
+                                  float* __restrict__ mean,      // [N] =
+                                  float* __restrict__ rstd,      // [N] =
+                                  int64_t n, int64_t d, float eps, bool dropout, uint32_t threshold,
+                                  float scale, uint64_t seed, uint64_t offset) {
+  const int lane = threadIdx.x & 31;
+  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const uint32_t c2 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kLnWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kLnWarps + threadIdx.x / 32; row < n;
+       row += warps) {
+    float s[kLnBwdChunks][4];
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < kLnBwdChunks; ++i) {
+      const int64_t j = 4 * lane + 128 * i;
+      if (j >= d) break;
+      float xv[4], bv[4];
+      ln_load4(x + row * d + j, xv);
+      ln_load4(body + row * d + j, bv);
+      if (dropout) {
+        const uint64_t block = static_cast<uint64_t>(row * d + j) / 4;
+        const Philox4 r = philox4x32(static_cast<uint32_t>(block),
+                                     static_cast<uint32_t>(block >> 32), c2, c3, k0, k1);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          bv[k] = (r.v[k] >> 8) >= threshold ? to_f32(from_f32<T>(bv[k] * scale)) : 0.f;
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        s[i][k] = to_f32(from_f32<T>(xv[k] + bv[k]));
+        acc += s[i][k];
+      }
+      ln_store4(sum + row * d + j, s[i]);
+    }
+    const float mu = ln_warp_sum(acc) / static_cast<float>(d);
+    float q = 0.f;
+#pragma unroll
+    for (int i = 0; i < kLnBwdChunks; ++i) {
+      if (4 * lane + 128 * i >= d) break;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) q += (s[i][k] - mu) * (s[i][k] - mu);
+    }
+    const float r = 1.f / sqrtf(ln_warp_sum(q) / static_cast<float>(d) + eps);
+    if (lane == 0) {
+      mean[row] = mu;
+      rstd[row] = r;
+    }
+#pragma unroll
+    for (int i = 0; i < kLnBwdChunks; ++i) {
+      const int64_t j = 4 * lane + 128 * i;
+      if (j >= d) break;
+      float v[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        v[k] = (s[i][k] - mu) * r * to_f32(weight[j + k]) + to_f32(bias[j + k]);
+      ln_store4(y + row * d + j, v);
     }
   }
 }
@@ -307,6 +384,12 @@ inline bool ln_aligned(const void* p, size_t bytes) {
 // Blocks for the row kernels: one warp per row, at most kLnMaxBlocks (rows grid-strided beyond).
 inline unsigned ln_row_grid(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>((n + kLnWarps - 1) / kLnWarps, kLnMaxBlocks));
+}
+
+// Whether residual_layernorm_fwd_kernel can run: D % 4 == 0, rows short enough for its registers,
+// every row 16-byte aligned.
+inline bool ln_residual_fusable(int64_t d, bool aligned) {
+  return aligned && d % 4 == 0 && d <= kLnBwdFusedMaxD;
 }
 
 // Whether layernorm_bwd takes the fused kernel (vector loads possible and rows short enough),
