@@ -202,16 +202,25 @@ TEST_F(CudaKernelsA, AddBias) {
 TEST_F(CudaKernelsA, BiasGrad) {
   for (DType t : kDtypes)
     for (DType gt : param_dtypes(t))
-      for (auto [n, f] : {std::pair<int64_t, int64_t>{37, 203}, {4099, 67}, {1, 1000}}) {
-        SCOPED_TRACE(::testing::Message()
-                     << dtype_name(t) << " dbias " << dtype_name(gt) << " N=" << n << " F=" << f);
-        const Vec dy = random_values(rng, n * f, t), db0 = random_values(rng, f, gt);
-        Tensor ref = host(db0, {f});
-        cpu.bias_grad(host(dy, {n, f}), ref);
-        Tensor db = upload(db0, {f}, gt);
-        cuda::bias_grad(upload(dy, {n, f}, t), db, s);
-        EXPECT_CLOSE(download(db), values(ref), gt == DType::f32 ? DType::f32 : t);
-      }
+      // By columns: odd F, or a BF16/F16 dbias. By rows (F32 dbias, F % 4 == 0, F ≤ 2048): one
+      // block (1 x 1000), many blocks with atomics (4096 x 512 and x 2048: d_model and d_ff), and a
+      // misaligned dy (by columns again).
+      for (auto [n, f] : {std::pair<int64_t, int64_t>{37, 203},
+                          {4099, 67},
+                          {1, 1000},
+                          {4096, 512},
+                          {4096, 2048},
+                          {4, 4}})
+        for (bool mis : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << dtype_name(t) << " dbias " << dtype_name(gt)
+                                            << " N=" << n << " F=" << f << " misaligned=" << mis);
+          const Vec dy = random_values(rng, n * f, t), db0 = random_values(rng, f, gt);
+          Tensor ref = host(db0, {f});
+          cpu.bias_grad(host(dy, {n, f}), ref);
+          Tensor db = upload(db0, {f}, gt);
+          cuda::bias_grad(upload(dy, {n, f}, t, mis), db, s);
+          EXPECT_CLOSE(download(db), values(ref), gt == DType::f32 ? DType::f32 : t);
+        }
 }
 
 TEST_F(CudaKernelsA, AddAndAliasedAdd) {

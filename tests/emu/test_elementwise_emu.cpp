@@ -86,7 +86,16 @@ TEST_F(ElementwiseEmu, BiasGrad) {
     auto run = [&](auto gtag) {
       using G = typename decltype(gtag)::type;
       constexpr bool f32 = std::is_same_v<G, float>;
-      for (auto [n, f] : {std::pair<int64_t, int64_t>{37, 203}, {300, 67}, {1, 100}}) {
+      // By columns: odd F, or a BF16/F16 dbias. By rows (F32 dbias): one block (1 x 100, 3 x 2048
+      // with a warp without rows), several with atomics (50 x 132, 12 x 2048: the widest rows;
+      // 30 x 4: one chunk per row).
+      for (auto [n, f] : {std::pair<int64_t, int64_t>{37, 203},
+                          {300, 67},
+                          {1, 100},
+                          {50, 132},
+                          {3, 2048},
+                          {12, 2048},
+                          {30, 4}}) {
         const BiasGradGrid bg = bias_grad_grid(n, f, f32, kSms);
         SCOPED_TRACE(::testing::Message()
                      << dtype_name(emu_test::dtype_t<T>()) << " dbias "
@@ -100,6 +109,24 @@ TEST_F(ElementwiseEmu, BiasGrad) {
         cpu.bias_grad(host(dy, {n, f}), ref);
         const Buf<T> g(dy);
         Buf<G> db(db0);
+        // The launcher's choice: by rows (F32 dbias, F % 4 == 0, F ≤ 2048), else by columns.
+        const BiasGradRows rows =
+            bias_grad_rows_plan(n, f, f32, ew_aligned(g.p(), kEwVec * sizeof(T)), kSms);
+        EXPECT_EQ(rows.use, f32 && f % 4 == 0 && f <= 2048);
+        if constexpr (f32) {
+          if (rows.use) {
+            emu::launch({rows.blocks}, {32 * kBgRowWarps},
+                        [&] { bias_grad_rows_kernel<T>(g.p(), db.p(), n, f); });
+            EXPECT_CLOSE(db.values(), values(ref), DType::f32);
+            // Fewer blocks than the launcher's (a GPU with fewer SMs, or more rows): each warp
+            // then walks several rows.
+            Buf<G> db2(db0);
+            emu::launch({std::min(rows.blocks, 2u)}, {32 * kBgRowWarps},
+                        [&] { bias_grad_rows_kernel<T>(g.p(), db2.p(), n, f); });
+            EXPECT_CLOSE(db2.values(), values(ref), DType::f32) << "2 blocks";
+            continue;
+          }
+        }
         emu::launch({static_cast<unsigned>(bg.col_blocks), static_cast<unsigned>(bg.chunks)},
                     {kBgCols, kBgRows},
                     [&] { bias_grad_kernel<T, G>(g.p(), db.p(), n, f, bg.rows_per_chunk); });

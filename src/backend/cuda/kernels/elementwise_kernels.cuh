@@ -203,6 +203,56 @@ __global__ void __launch_bounds__(kBgCols* kBgRows)
   }
 }
 
+// The same sums for an F32 dbias, read by rows: each warp walks rows, each lane adds its
+// 4-element chunks of a row (16 bytes of fp32, 8 of bf16/fp16, one vector load each, a warp
+// reading whole 512- or 256-byte rows) into registers, the block's warps meet in shared memory,
+// and the block adds each column with one atomicAdd (plain += with one block). Needs F % 4 == 0,
+// F ≤ kBgRowMaxF and aligned rows. bias_grad_kernel reads 2-byte columns of 32 at a stride of a
+// whole row instead: a Linear layer's bias gradient, after its weight gradient's GEMM, on every
+// Linear of every step (`linear_bwd_params`).
+constexpr int kBgRowWarps = 4;
+constexpr int kBgRowChunks = 16;  // 4-element chunks per lane: F ≤ 4 · 32 · 16 = 2048 (d_ff)
+constexpr int64_t kBgRowMaxF = 4 * 32 * kBgRowChunks;
+constexpr int kBgRowBlocksPerSm = 4;
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kBgRowWarps)
+    bias_grad_rows_kernel(const T* __restrict__ dy,   // [N, F]
+                          float* __restrict__ dbias,  // [F] +=
+                          int64_t n, int64_t f) {
+  __shared__ float4 part[kBgRowWarps][kBgRowMaxF / 4];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float acc[kBgRowChunks][4] = {};
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kBgRowWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kBgRowWarps + warp; row < n; row += warps) {
+#pragma unroll
+    for (int i = 0; i < kBgRowChunks; ++i) {
+      const int64_t j = 4 * lane + 128 * i;
+      if (j >= f) break;
+      float v[4];
+      ew_load<4>(dy + row * f + j, v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][k] += v[k];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kBgRowChunks; ++i) {
+    const int64_t j = 4 * lane + 128 * i;
+    if (j >= f) break;
+    part[warp][j / 4] = make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < f; c += 32 * kBgRowWarps) {
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < kBgRowWarps; ++w) s += reinterpret_cast<const float*>(part[w])[c];
+    if (gridDim.x == 1)
+      dbias[c] += s;
+    else
+      atomicAdd(dbias + c, s);
+  }
+}
+
 // ---- host-side launch arithmetic (shared by the launchers and the emulation test) -------------
 
 inline bool ew_aligned(const void* p, size_t bytes) {
@@ -214,6 +264,21 @@ inline unsigned ew_grid(int64_t n, bool vec) {
   const int64_t work = vec ? (n + kEwVec - 1) / kEwVec : n;
   return static_cast<unsigned>(
       std::min<int64_t>((work + kEwThreads - 1) / kEwThreads, kEwMaxBlocks));
+}
+
+// Whether bias_grad takes bias_grad_rows_kernel (an F32 dbias, F % 4 == 0 and ≤ kBgRowMaxF,
+// `aligned`: dy's rows start on 4-element boundaries), and its blocks: kBgRowBlocksPerSm per
+// SM, fewer when there are fewer rows' worth of warps.
+struct BiasGradRows {
+  bool use;
+  unsigned blocks;
+};
+inline BiasGradRows bias_grad_rows_plan(int64_t n, int64_t f, bool f32_dbias, bool aligned,
+                                        int sms) {
+  const bool use = f32_dbias && aligned && f % 4 == 0 && f <= kBgRowMaxF;
+  const int64_t cap = std::max<int64_t>(1, int64_t{kBgRowBlocksPerSm} * sms);
+  const int64_t want = (n + kBgRowWarps - 1) / kBgRowWarps;
+  return {use, static_cast<unsigned>(std::clamp<int64_t>(want, 1, cap))};
 }
 
 // bias_grad_kernel's grid (col_blocks, chunks) and rows per chunk for dy [n, f] (n, f > 0), on a
