@@ -72,6 +72,19 @@ __device__ __forceinline__ void ln_row_each(const T* row, int64_t d, bool vec, i
   }
 }
 
+// fn(i, j) for this lane's 4-element chunks of a row of d (d % 4 == 0, at most kLnBwdChunks
+// chunks): chunk i starts at column j = 4·lane + 128·i. Unrolled, so that fn can index register
+// arrays by i.
+template <typename Fn>
+__device__ __forceinline__ void ln_chunks(int64_t d, int lane, Fn&& fn) {
+#pragma unroll
+  for (int i = 0; i < kLnBwdChunks; ++i) {
+    const int64_t j = 4 * lane + 128 * i;
+    if (j >= d) break;
+    fn(i, j);
+  }
+}
+
 template <typename T, typename W>
 __global__ void __launch_bounds__(kLnThreads)
     layernorm_fwd_kernel(const T* __restrict__ x,       // [N, D]
@@ -141,10 +154,7 @@ __global__ void __launch_bounds__(kLnThreads)
        row += warps) {
     float s[kLnBwdChunks][4];
     float acc = 0.f;
-#pragma unroll
-    for (int i = 0; i < kLnBwdChunks; ++i) {
-      const int64_t j = 4 * lane + 128 * i;
-      if (j >= d) break;
+    ln_chunks(d, lane, [&](int i, int64_t j) {
       float xv[4], bv[4];
       ln_load4(x + row * d + j, xv);
       ln_load4(body + row * d + j, bv);
@@ -162,30 +172,25 @@ __global__ void __launch_bounds__(kLnThreads)
         acc += s[i][k];
       }
       ln_store4(sum + row * d + j, s[i]);
-    }
+    });
     const float mu = ln_warp_sum(acc) / static_cast<float>(d);
     float q = 0.f;
-#pragma unroll
-    for (int i = 0; i < kLnBwdChunks; ++i) {
-      if (4 * lane + 128 * i >= d) break;
+    ln_chunks(d, lane, [&](int i, int64_t) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) q += (s[i][k] - mu) * (s[i][k] - mu);
-    }
+    });
     const float r = 1.f / sqrtf(ln_warp_sum(q) / static_cast<float>(d) + eps);
     if (lane == 0) {
       mean[row] = mu;
       rstd[row] = r;
     }
-#pragma unroll
-    for (int i = 0; i < kLnBwdChunks; ++i) {
-      const int64_t j = 4 * lane + 128 * i;
-      if (j >= d) break;
+    ln_chunks(d, lane, [&](int i, int64_t j) {
       float v[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k)
         v[k] = (s[i][k] - mu) * r * to_f32(weight[j + k]) + to_f32(bias[j + k]);
       ln_store4(y + row * d + j, v);
-    }
+    });
   }
 }
 
@@ -274,10 +279,7 @@ __global__ void __launch_bounds__(kLnThreads)
     const T *gr = dy + row * d, *xr = x + row * d;
     const float mu = mean[row], r = rstd[row];
     float sg = 0.f, sgx = 0.f;
-#pragma unroll
-    for (int i = 0; i < kLnBwdChunks; ++i) {
-      const int64_t j = 4 * lane + 128 * i;
-      if (j >= d) break;
+    ln_chunks(d, lane, [&](int, int64_t j) {
       float g[4], v[4];
       ln_load4(gr + j, g);
       ln_load4(xr + j, v);
@@ -287,14 +289,11 @@ __global__ void __launch_bounds__(kLnThreads)
         sg += gh;
         sgx += gh * (v[k] - mu) * r;
       }
-    }
+    });
     const float mg = ln_warp_sum(sg) / static_cast<float>(d);
     const float mgx = ln_warp_sum(sgx) / static_cast<float>(d);
     T* dr = dx + row * d;
-#pragma unroll
-    for (int i = 0; i < kLnBwdChunks; ++i) {
-      const int64_t j = 4 * lane + 128 * i;
-      if (j >= d) break;
+    ln_chunks(d, lane, [&](int i, int64_t j) {
       float g[4], v[4];
       ln_load4(gr + j, g);
       ln_load4(xr + j, v);
@@ -306,16 +305,13 @@ __global__ void __launch_bounds__(kLnThreads)
         g[k] = r * (g[k] * to_f32(weight[j + k]) - mg - xh * mgx);
       }
       ln_store4(dr + j, g);
-    }
+    });
   }
   const int warp = threadIdx.x / 32;
-#pragma unroll
-  for (int i = 0; i < kLnBwdChunks; ++i) {
-    const int64_t j = 4 * lane + 128 * i;
-    if (j >= d) break;
+  ln_chunks(d, lane, [&](int i, int64_t j) {
     part_w[warp][j / 4] = make_float4(pw[i][0], pw[i][1], pw[i][2], pw[i][3]);
     part_b[warp][j / 4] = make_float4(pb[i][0], pb[i][1], pb[i][2], pb[i][3]);
-  }
+  });
   __syncthreads();
   for (int64_t c = threadIdx.x; c < d; c += kLnThreads) {
     float sw = 0.f, sb = 0.f;
