@@ -60,7 +60,8 @@ const char* const kBenchAttentionDetails =
     "outruns the host's launches (small problems, naive's many kernels) that wait is included.\n"
     "Inputs: random values, the same for every implementation.\n"
     "Environment (custom's head_dim-64 tilings, for tuning; also read by training):\n"
-    "  MH_FLASH_FWD_TILE=64x64|64x128|128x64|128x128   forward query rows x keys (64x64)\n"
+    "  MH_FLASH_FWD_TILE=64x64|64x128|128x64|128x128   forward query rows x keys (64x64;\n"
+    "                                                   128 rows: 4 warps of 32)\n"
     "  MH_FLASH_BWD_KEYS=64|128                         backward keys per block (64)\n";
 
 int bench_attention(int argc, char** argv);

@@ -21,11 +21,12 @@ namespace mh::cuda::flash {
 namespace {
 
 template <typename T, int D, int FBM = kFwdBM, int FBN = kFwdBN, int BBN = kBwdBN,
-          int BBM = kBwdBMOf<D>>
+          int BBM = kBwdBMOf<D>, int FWM = kFwdWM>
 void run_case(const Spec& s, uint64_t seed) {
   SCOPED_TRACE(::testing::Message()
                << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16")
-               << " tiles: forward " << FBM << "x" << FBN << ", backward " << BBN << "x" << BBM);
+               << " tiles: forward " << FBM << "x" << FBN << " (" << FWM
+               << " rows per warp), backward " << BBN << "x" << BBM);
   FlashCase<T, D> c(s, seed);
   const int B = c.B, H = c.H, max_q = c.max_q, max_k = c.max_k;
 
@@ -52,8 +53,8 @@ void run_case(const Spec& s, uint64_t seed) {
                          std::numeric_limits<float>::quiet_NaN());
   const FwdParams<T> fp =
       fwd_params<T>(c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()});
-  emu_launch((max_q + FBM - 1) / FBM, H, B, fwd_threads(FBM), fwd_smem_bytes<T, D, FBM, FBN>(),
-             [&] { flash_fwd_kernel<T, D, FBM, FBN>(fp); });
+  emu_launch((max_q + FBM - 1) / FBM, H, B, fwd_threads(FBM, FWM), fwd_smem_bytes<T, D, FBM, FBN>(),
+             [&] { flash_fwd_kernel<T, D, FBM, FBN, FWM>(fp); });
   std::vector<T> dq, dk, dv;
   c.template run_backward<BBN, BBM>(o, lse, dq, dk, dv);
 
@@ -133,11 +134,21 @@ TEST(FlashEmu, OtherTileSizes) {
 }
 
 TEST(FlashEmu, ForwardTilings) {
-  // The launcher's other head_dim-64 forwards (MH_FLASH_FWD_TILE): 64x128, 128x64, 128x128.
+  // The launcher's other head_dim-64 forwards (MH_FLASH_FWD_TILE): 64x128 (4 warps of 16 rows),
+  // 128x64 and 128x128 (4 warps of 32 rows: two row tiles per warp; at 128 keys Q is read from
+  // shared memory per k-step instead of held in registers).
   run_case<__nv_bfloat16, 64, 64, 128>({"fwd 64x128", 1, {150}, {150}, true}, 19);
-  run_case<__half, 64, 128, 64>(
+  run_case<__half, 64, 128, 64, kBwdBN, kBwdBMOf<64>, 32>(
       {"fwd 128x64 packed cross", 1, {9, 140}, {200, 5}, false, 0.2f, true}, 20);
-  run_case<__nv_bfloat16, 64, 128, 128>({"fwd 128x128", 1, {140, 140}, {140, 61}, true}, 21);
+  run_case<__nv_bfloat16, 64, 128, 128, kBwdBN, kBwdBMOf<64>, 32>(
+      {"fwd 128x128", 1, {140, 140}, {140, 61}, true}, 21);
+  run_case<__nv_bfloat16, 64, 128, 128, kBwdBN, kBwdBMOf<64>, 32>(
+      {"fwd 128x128 odd padded dropout", 2, {129, 129, 129}, {129, 1, 70}, true, 0.1f}, 22);
+  // 32 rows per warp at other sizes: a single warp, and head_dim 128.
+  run_case<__half, 64, 32, 64, kBwdBN, kBwdBMOf<64>, 32>(
+      {"fwd 32x64 one warp", 1, {70, 70}, {70, 45}, true}, 23);
+  run_case<__nv_bfloat16, 128, 64, 64, kBwdBN, kBwdBMOf<128>, 32>(
+      {"fwd d128 64x64 2 warps", 1, {65, 65}, {65, 7}, true, 0.2f}, 24);
 }
 
 TEST(FlashEmu, BackwardWith128Keys) {

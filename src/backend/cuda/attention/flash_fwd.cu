@@ -9,12 +9,14 @@
 // Problem, layouts, masks and dropout bits: attention_problem.h.
 //
 // Resources (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads, no spills:
-//   head_dim 64:  157 registers (sm_90a), 161 (sm_80); 24 KiB dynamic shared memory
-//   head_dim 128: 236 registers (sm_90a), 225 (sm_80); 48 KiB dynamic shared memory
-//   head_dim 64, MH_FLASH_FWD_TILE (rows x keys; 128 rows: 8 warps, 256 threads):
-//     64x128: 236 registers (sm_90a), 213 (sm_80); 40 KiB
-//     128x64: 157 (sm_90a), 166 (sm_80); 32 KiB
-//     128x128: 238 (sm_90a), 225 (sm_80); 48 KiB
+//   head_dim 64:  156 registers (sm_90a), 165 (sm_80); 24 KiB dynamic shared memory
+//   head_dim 128: 236 registers (sm_90a), 228 (sm_80); 48 KiB dynamic shared memory
+//   head_dim 64, MH_FLASH_FWD_TILE (rows x keys):
+//     64x128 (4 warps of 16 rows): 232 registers (sm_90a), 221 (sm_80); 40 KiB
+//     128x64 (4 warps of 32 rows, Q read per k-step): 255 (sm_90a), 249 (sm_80); 32 KiB
+//     128x128 (4 warps of 32 rows): 255 registers and spills, 104 bytes stored / 136 loaded
+//       (sm_90a), 76 / 104 (sm_80); 48 KiB. Without the dropout code the spills are 52 / 68 and
+//       12 / 12 bytes: S (128 floats per thread) and O (64) leave little room.
 // Tiles with every key valid and (causal) none past the block's first query skip the mask.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -36,7 +38,9 @@ using namespace flash;
 
 // Tiles of the head_dim-64 forward, query rows x keys: 64x64 by default; MH_FLASH_FWD_TILE picks
 // 64x128, 128x64 or 128x128 (FlashAttention-2's for head_dim 64) instead, so that one GPU run can
-// time them all (tools/gpu/check.sh); the default follows the measurements.
+// time them all (tools/gpu/check.sh); the default follows the measurements. The 128-row tiles
+// have 4 warps of 32 rows (FlashAttention-2's layout: each K and V fragment read from shared
+// memory feeds two mma tiles); until 2026-11-29 they had 8 warps of 16 rows, never timed.
 struct FwdTile {
   int bm, bn;
 };
@@ -54,12 +58,12 @@ FwdTile fwd_tile_d64() {
   return tile;
 }
 
-template <typename T, int D, int BM, int BN>
+template <typename T, int D, int BM, int BN, int WM>
 void launch_fwd_tiles(const AttnProblem& pr, const FwdParams<T>& p, cudaStream_t s) {
   const int smem = fwd_smem_bytes<T, D, BM, BN>();
-  set_smem_limit_once(flash_fwd_kernel<T, D, BM, BN>, smem);
+  set_smem_limit_once(flash_fwd_kernel<T, D, BM, BN, WM>, smem);
   const dim3 grid((pr.max_len_q + BM - 1) / BM, pr.heads, pr.batch);
-  flash_fwd_kernel<T, D, BM, BN><<<grid, fwd_threads(BM), smem, s>>>(p);
+  flash_fwd_kernel<T, D, BM, BN, WM><<<grid, fwd_threads(BM, WM), smem, s>>>(p);
   MH_CUDA_CHECK_LAUNCH();
 }
 
@@ -68,11 +72,11 @@ void launch_fwd(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
   const FwdParams<T> p = fwd_params<T>(pr, io);
   if constexpr (D == 64) {
     const FwdTile t = fwd_tile_d64();
-    if (t.bm == 64 && t.bn == 128) return launch_fwd_tiles<T, D, 64, 128>(pr, p, s);
-    if (t.bm == 128 && t.bn == 64) return launch_fwd_tiles<T, D, 128, 64>(pr, p, s);
-    if (t.bm == 128 && t.bn == 128) return launch_fwd_tiles<T, D, 128, 128>(pr, p, s);
+    if (t.bm == 64 && t.bn == 128) return launch_fwd_tiles<T, D, 64, 128, 16>(pr, p, s);
+    if (t.bm == 128 && t.bn == 64) return launch_fwd_tiles<T, D, 128, 64, 32>(pr, p, s);
+    if (t.bm == 128 && t.bn == 128) return launch_fwd_tiles<T, D, 128, 128, 32>(pr, p, s);
   }
-  launch_fwd_tiles<T, D, kFwdBM, kFwdBN>(pr, p, s);
+  launch_fwd_tiles<T, D, kFwdBM, kFwdBN, kFwdWM>(pr, p, s);
 }
 
 }  // namespace

@@ -16,11 +16,12 @@ struct FwdParams : FlashShape {
   float* lse;
 };
 
-// Tile sizes: BM query rows per block (one warp per 16), BN keys per K/V tile. The launcher
-// instantiates the defaults; the emulation test also runs other sizes.
-constexpr int kFwdBM = 64, kFwdBN = 64;
-constexpr int fwd_threads(int bm) {
-  return bm / 16 * 32;
+// Tile sizes: BM query rows per block, BN keys per K/V tile, WM query rows per warp (16 or 32:
+// one or two 16-row mma tiles). The launcher instantiates the defaults and the MH_FLASH_FWD_TILE
+// tilings; the emulation test also runs other sizes.
+constexpr int kFwdBM = 64, kFwdBN = 64, kFwdWM = 16;
+constexpr int fwd_threads(int bm, int wm = kFwdWM) {
+  return bm / wm * 32;
 }
 
 // The kernel's arguments for a problem (host code; shared by the launcher and the emulation).
@@ -40,11 +41,17 @@ constexpr int fwd_smem_bytes() {
   return (BM + 2 * BN) * D * static_cast<int>(sizeof(T));
 }
 
-template <typename T, int D, int BM = kFwdBM, int BN = kFwdBN>
-MH_FLASH_KERNEL(fwd_threads(BM))
+// A warp of WM = 32 rows (MT = 2 row tiles) reads each K and V fragment from shared memory once
+// for two mma tiles, half the shared-memory traffic per FLOP of 16 rows: FlashAttention-2's
+// head_dim-64 forward (128 x 128 tiles, 4 warps). Its Q fragments stay in registers only where
+// the score tiles leave room (MT · BN ≤ 128); otherwise they are read per k-step, as there.
+template <typename T, int D, int BM = kFwdBM, int BN = kFwdBN, int WM = kFwdWM>
+MH_FLASH_KERNEL(fwd_threads(BM, WM))
 flash_fwd_kernel(const FwdParams<T> p) {
-  static_assert(BM % 16 == 0 && BN % 16 == 0 && D % 16 == 0, "tiles of 16");
-  constexpr int kThreads = fwd_threads(BM);
+  static_assert(BM % WM == 0 && (WM == 16 || WM == 32) && BN % 16 == 0 && D % 16 == 0,
+                "tiles of 16; 16 or 32 rows per warp");
+  constexpr int kThreads = fwd_threads(BM, WM), MT = WM / 16;
+  constexpr bool kQInRegs = MT == 1;
   MH_FLASH_SMEM(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM][D]
   T* sK = sQ + BM * D;                     // [BN][D]
@@ -64,7 +71,8 @@ flash_fwd_kernel(const FwdParams<T> p) {
   // Keys this block can see: all valid ones, and with the causal mask none past its last query.
   const int n_end = p.causal ? imin(sr.len_k, m0 + BM) : sr.len_k;
   const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
-  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;  // this lane's two rows within the block
+  // This lane's rows within the block: r_lo(mt) and r_lo(mt) + 8 of row tile mt.
+  auto r_lo = [&](int mt) { return warp * WM + mt * 16 + g; };
 
   if (n_blocks == 0) {  // no visible key: O = 0, lse = +inf (backward's P is then 0)
     for (int i = tid; i < rows_here * (D / 2); i += kThreads) {
@@ -79,100 +87,134 @@ flash_fwd_kernel(const FwdParams<T> p) {
   load_tile<BN, D, kThreads>(sK, kg, rs, sr.len_k, p.k, tid);
   cp_async_commit();
 
-  float acc[D / 8][4];  // O tile: 16 rows × D per warp
+  float acc[MT][D / 8][4];  // O tile: WM rows × D per warp
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  uint32_t qf[D / 16][4];  // Q as A fragments, loaded once
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+      acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+  float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.f;
+  }
+  // Q as A fragments: loaded once (kQInRegs), else per k-step from sQ.
+  uint32_t qf[kQInRegs ? MT : 1][kQInRegs ? D / 16 : 1][4];
+  auto load_q_frag = [&](uint32_t(&a)[4], int mt, int kk) {
+    ldsm_x4(a, sQ + swz<D>(r_lo(mt) - g + (lane & 7) + ((lane >> 3) & 1) * 8,
+                           kk * 16 + (lane >> 4) * 8));
+  };
 
   for (int nb = 0; nb < n_blocks; ++nb) {
     const int n0 = nb * BN;
     cp_async_wait_all();
     block_sync();  // K[nb] (and Q) landed; everyone is done with V[nb-1]
-    if (nb == 0) {
+    if constexpr (kQInRegs) {
+      if (nb == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldsm_x4(qf[kk], sQ + swz<D>(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                    kk * 16 + (lane >> 4) * 8));
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk) load_q_frag(qf[mt][kk], mt, kk);
+      }
     }
     load_tile<BN, D, kThreads>(sV, vg + n0 * rs, rs, sr.len_k - n0, p.v, tid);
     cp_async_commit();
 
-    // S = Q K[nb]ᵀ: 16 × 64 per warp, eight 16×8 accumulator tiles.
-    float s[BN / 8][4];
+    // S = Q K[nb]ᵀ: WM × BN per warp, 16×8 accumulator tiles.
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < BN / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qk[kQInRegs ? 1 : MT][4];
+      if constexpr (!kQInRegs) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) load_q_frag(qk[mt], mt, kk);
+      }
 #pragma unroll
       for (int nt2 = 0; nt2 < BN / 16; ++nt2) {
         uint32_t bk[4];  // b0, b1 of key tiles 2·nt2 and 2·nt2 + 1
         ldsm_x4(bk, sK + swz<D>(nt2 * 16 + (lane & 7) + (lane >> 4) * 8,
                                 kk * 16 + ((lane >> 3) & 1) * 8));
-        mma16816<T>(s[2 * nt2], qf[kk], bk[0], bk[1]);
-        mma16816<T>(s[2 * nt2 + 1], qf[kk], bk[2], bk[3]);
-      }
-    }
-
-    // Scale into base 2, mask, and the online softmax update of this lane's two rows. A tile
-    // whose every key is valid and (causal) at or before the block's first query needs no mask:
-    // the per-element compares are spent only on the tiles at the edges and the diagonal.
-    if (n0 + BN <= sr.len_k && (!p.causal || n0 + BN - 1 <= m0)) {
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] *= p.scale_log2;
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
-          const bool visible = col < sr.len_k && (!p.causal || col <= row);
-          s[nt][e] = visible ? s[nt][e] * p.scale_log2 : -INFINITY;
+        for (int mt = 0; mt < MT; ++mt) {
+          if constexpr (kQInRegs) {
+            mma16816<T>(s[mt][2 * nt2], qf[mt][kk], bk[0], bk[1]);
+            mma16816<T>(s[mt][2 * nt2 + 1], qf[mt][kk], bk[2], bk[3]);
+          } else {
+            mma16816<T>(s[mt][2 * nt2], qk[mt], bk[0], bk[1]);
+            mma16816<T>(s[mt][2 * nt2 + 1], qk[mt], bk[2], bk[3]);
+          }
         }
       }
     }
-    float mx[2] = {m_run[0], m_run[1]};
+
+    // Scale into base 2, mask, and the online softmax update of this lane's rows. A tile whose
+    // every key is valid and (causal) at or before the block's first query needs no mask: the
+    // per-element compares are spent only on the tiles at the edges and the diagonal.
+    const bool unmasked = n0 + BN <= sr.len_k && (!p.causal || n0 + BN - 1 <= m0);
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-    }
-    float base[2];
+    for (int mt = 0; mt < MT; ++mt) {
+      if (unmasked) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
-      mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
-      base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row with nothing visible yet stays 0
-      const float alpha = exp2_fast(m_run[r] - base[r]);
-      m_run[r] = mx[r];
-      l_run[r] *= alpha;
+        for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        acc[dt][2 * r] *= alpha;
-        acc[dt][2 * r + 1] *= alpha;
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= p.scale_log2;
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = m0 + r_lo(mt) + (e < 2 ? 0 : 8), col = n0 + nt * 8 + 2 * t4 + (e & 1);
+            const bool visible = col < sr.len_k && (!p.causal || col <= row);
+            s[mt][nt][e] = visible ? s[mt][nt][e] * p.scale_log2 : -INFINITY;
+          }
+        }
       }
-    }
+      float mx[2] = {m_run[mt][0], m_run[mt][1]};
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2_fast(s[nt][e] - base[e >> 1]);
-        l_run[e >> 1] += s[nt][e];  // lane-partial sums; the quad is summed at the end
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
       }
-    }
-    if (p.dropout) {  // the normalizer keeps every probability; O only the kept ones
+      float base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
+        mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
+        base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row with nothing visible yet stays 0
+        const float alpha = exp2_fast(m_run[mt][r] - base[r]);
+        m_run[mt][r] = mx[r];
+        l_run[mt][r] *= alpha;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          acc[mt][dt][2 * r] *= alpha;
+          acc[mt][dt][2 * r + 1] *= alpha;
+        }
+      }
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int row = m0 + (e < 2 ? r_lo : r_hi), col = n0 + nt * 8 + 2 * t4 + (e & 1);
-          if (s[nt][e] == 0.f) continue;
-          const uint64_t idx =
-              ((static_cast<uint64_t>(b) * p.heads + h) * p.max_len_q + row) * p.max_len_k + col;
-          const bool keep = (dropout_bits(p.seed, p.offset, idx) >> 8) >= p.drop_threshold;
-          s[nt][e] = keep ? s[nt][e] * p.drop_scale : 0.f;
+          s[mt][nt][e] = exp2_fast(s[mt][nt][e] - base[e >> 1]);
+          l_run[mt][e >> 1] += s[mt][nt][e];  // lane-partial sums; the quad is summed at the end
+        }
+      }
+      if (p.dropout) {  // the normalizer keeps every probability; O only the kept ones
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = m0 + r_lo(mt) + (e < 2 ? 0 : 8), col = n0 + nt * 8 + 2 * t4 + (e & 1);
+            if (s[mt][nt][e] == 0.f) continue;
+            const uint64_t idx =
+                ((static_cast<uint64_t>(b) * p.heads + h) * p.max_len_q + row) * p.max_len_k + col;
+            const bool keep = (dropout_bits(p.seed, p.offset, idx) >> 8) >= p.drop_threshold;
+            s[mt][nt][e] = keep ? s[mt][nt][e] * p.drop_scale : 0.f;
+          }
         }
       }
     }
@@ -187,22 +229,28 @@ flash_fwd_kernel(const FwdParams<T> p) {
     // O += P V[nb]: P straight from the accumulators (C layout of n-tiles 2k, 2k+1 = A of k).
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<T>(s, kk, a);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) acc_to_a<T>(s[mt], kk, a[mt]);
 #pragma unroll
       for (int dt2 = 0; dt2 < D / 16; ++dt2) {
         uint32_t bv[4];  // b0, b1 of dim tiles 2·dt2 and 2·dt2 + 1
         ldsm_x4_trans(bv, sV + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
                                       dt2 * 16 + (lane >> 4) * 8));
-        mma16816<T>(acc[2 * dt2], a, bv[0], bv[1]);
-        mma16816<T>(acc[2 * dt2 + 1], a, bv[2], bv[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(acc[mt][2 * dt2], a[mt], bv[0], bv[1]);
+          mma16816<T>(acc[mt][2 * dt2 + 1], a[mt], bv[2], bv[3]);
+        }
       }
     }
   }
 
   // O = acc / l and the row log-sum-exp, as flash_bwd reads them.
-  write_o_lse<T, D>([&](int dt, int i) { return acc[dt][i]; }, l_run, m_run, og, rs, lse, r_lo,
-                    r_hi, rows_here, t4);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    write_o_lse<T, D>([&](int dt, int i) { return acc[mt][dt][i]; }, l_run[mt], m_run[mt], og, rs,
+                      lse, r_lo(mt), r_lo(mt) + 8, rows_here, t4);
 }
 
 }  // namespace mh::cuda::flash
