@@ -31,3 +31,8 @@ endforeach()
 gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_wg1."
                      TEST_FILTER "Attention/HopperLaunchers.*"
                      PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD_WG=1)
+# The overlapped Hopper forward (MH_HOPPER_FWD=overlap: FlashAttention-3's intra-warpgroup
+# overlap, 128-key tiles, setmaxnreg), for tuning runs: the launcher tests again.
+gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_overlap."
+                     TEST_FILTER "Attention/HopperLaunchers.*"
+                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD=overlap)

@@ -62,7 +62,11 @@ const char* const kBenchAttentionDetails =
     "Environment (custom's head_dim-64 tilings, for tuning; also read by training):\n"
     "  MH_FLASH_FWD_TILE=64x64|64x128|128x64|128x128   forward query rows x keys (64x64;\n"
     "                                                   128 rows: 4 warps of 32)\n"
-    "  MH_FLASH_BWD_KEYS=64|128                         backward keys per block (64)\n";
+    "  MH_FLASH_BWD_KEYS=64|128                         backward keys per block (64)\n"
+    "Environment (hopper's forward):\n"
+    "  MH_HOPPER_FWD=plain|overlap   plain: S, softmax, O += P V in turn, 64-key tiles (default);\n"
+    "                                overlap: FlashAttention-3's intra-warpgroup overlap, 128 keys\n"
+    "  MH_HOPPER_FWD_WG=1|2          plain: consumer warpgroups (64 query rows each) per block (2)\n";
 
 int bench_attention(int argc, char** argv);
 

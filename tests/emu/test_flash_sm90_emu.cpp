@@ -244,12 +244,12 @@ void run_sm90_backward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>
   for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
 }
 
-template <typename T, int D, int BN = 64, int NWG = 1>
+template <typename T, int D, int BN = 64, int NWG = 1, bool OVL = false>
 void run_case(const Spec& s, uint64_t seed) {
   SCOPED_TRACE(::testing::Message()
                << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16")
-               << " BN=" << BN << " warpgroups=" << NWG);
-  using C = Sm90Fwd<T, D, BN, NWG>;
+               << " BN=" << BN << " warpgroups=" << NWG << (OVL ? " overlapped" : ""));
+  using C = Sm90Fwd<T, D, BN, NWG, OVL>;
   FlashCase<T, D> c(s, seed);
   const int B = c.B, H = c.H, max_q = c.max_q, max_k = c.max_k;
   const int64_t row = c.row;
@@ -277,11 +277,11 @@ void run_case(const Spec& s, uint64_t seed) {
   std::vector<T> o(c.q.size(), nan_t);
   std::vector<float> lse(static_cast<size_t>(H * c.total_q),
                          std::numeric_limits<float>::quiet_NaN());
-  const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, BN, NWG>(
+  const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, BN, NWG, OVL>(
       c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()},
       [](const TmaSpec& t) { return t; });
   emu_launch((max_q + C::kBM - 1) / C::kBM, H, B, C::kThreads, C::kSmemBytes,
-             [&] { flash_fwd_sm90_kernel<T, D, BN, NWG>(fp); });
+             [&] { flash_fwd_sm90_kernel<T, D, BN, NWG, OVL>(fp); });
 
   EXPECT_LE(c.err(o, o64, c.cu_q, c.q_rows, max_q), 1e-2) << "O";
 
@@ -441,6 +441,35 @@ TEST(FlashSm90Emu, HopperBackwardSequencesIsolated) {
 
 TEST(FlashSm90Emu, KeyTile128) {
   run_case<__nv_bfloat16, 64, 128>({"BN 128", 1, {70, 20}, {150, 129}, true}, 15);
+}
+
+// The overlapped forward (MH_HOPPER_FWD=overlap): 128-key tiles, two consumer warpgroups, a
+// producer warpgroup; tile n's softmax runs while O += P V of tile n − 1 is in flight, and the
+// stage ring (3 at head_dim 64, 2 at 128) wraps several times. The emulation executes a wgmma
+// group only when it is waited for, so reading S before its wait, or rescaling O while its MMA
+// is in flight, gives wrong results here.
+TEST(FlashSm90Emu, OverlappedForward) {
+  run_case<__nv_bfloat16, 64, 128, 2, true>(
+      {"overlap padded", 1, {300, 300, 300}, {300, 129, 1}, false, 0, false, true}, 50);
+  run_case<__half, 64, 128, 2, true>(
+      {"overlap causal packed dropout", 1, {520, 7, 130}, {520, 7, 130}, true, 0.2f, true}, 51);
+  run_case<__nv_bfloat16, 128, 128, 2, true>(
+      {"overlap d128 cross", 1, {200, 70}, {450, 0}, false, 0, false}, 52);
+  run_case<__half, 128, 128, 2, true>(
+      {"overlap d128 causal Lq>Lk dropout", 1, {260}, {140}, true, 0.1f, true}, 53);
+}
+
+// The overlapped forward with each consumer warpgroup in turn running late.
+TEST(FlashSm90Emu, OverlappedForwardWarpgroupsOutOfStep) {
+  struct Reset {
+    ~Reset() { emu::delayed_warpgroup = -1; }
+  } reset;
+  for (int wg : {0, 1}) {
+    emu::delayed_warpgroup = wg;
+    run_case<__nv_bfloat16, 64, 128, 2, true>(
+        {"overlap warpgroup late", 1, {140, 140}, {400, 77}, true, 0, false},
+        54 + static_cast<uint64_t>(wg));
+  }
 }
 
 }  // namespace

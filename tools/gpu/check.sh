@@ -291,6 +291,10 @@ if ((HAVE_GPU)); then
   # column (the translation batch's short sentences leave a 128-row block half idle).
   step mh_attention_hopper_wg1 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=1 "$MH" bench attention \
     "${ATTN_ARGS[@]}" --impl hopper
+  # and the overlapped Hopper forward (FlashAttention-3's intra-warpgroup overlap, 128-key tiles,
+  # setmaxnreg; new on a GPU, hence a process of its own): the summary's "hopOVL" column.
+  step mh_attention_hopper_ovl 30 "${MHENV[@]}" MH_HOPPER_FWD=overlap "$MH" bench attention \
+    "${ATTN_ARGS[@]}" --impl hopper
   # custom alone again with flash_bwd's other head_dim-64 tiling (128 keys, 8 warps per block):
   # the summary's "cus128" column, to choose the default from a measurement.
   step mh_attention_k128 30 "${MHENV[@]}" MH_FLASH_BWD_KEYS=128 "$MH" bench attention \
@@ -325,9 +329,10 @@ if ((HAVE_GPU)); then
   if [[ -n "$NCU" ]]; then
     # name:kernel:impl; the Hopper backward last (n/a, and so failing, off sm_90).
     for spec in bwd:flash_bwd_kernel:custom fwd:flash_fwd_kernel:custom \
-      hopper_bwd:flash_bwd_sm90_kernel:hopper; do
+      hopper_bwd:flash_bwd_sm90_kernel:hopper hopper_fwd_ovl:flash_fwd_sm90_kernel:hopper; do
       IFS=: read -r name kern impl <<<"$spec"
-      TAIL_LINES=40 step "ncu_flash_$name" 45 "${MHENV[@]}" "$NCU" --clock-control none \
+      TAIL_LINES=40 step "ncu_flash_$name" 45 "${MHENV[@]}" MH_HOPPER_FWD=overlap \
+        "$NCU" --clock-control none \
         -k "regex:^$kern" -c 1 --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats \
@@ -415,10 +420,11 @@ pt_att = {key(r): r for r in rows if r.get("step") == "torch_attention"}
 k128 = {key(r): r for r in rows if r.get("step") == "mh_attention_k128"}
 hop = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper"}
 hop1 = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_wg1"}
+hopo = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_ovl"}
 if mh_att or pt_att:
     print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
           f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s} {'cus128':>7s}"
-          f" {'hop/torch':>9s} {'hopWG1':>7s}"
+          f" {'hop/torch':>9s} {'hopWG1':>7s} {'hopOVL':>7s}"
           f"  TFLOP/s")
     for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
                                                              k[5] != "fwd")):
@@ -434,7 +440,8 @@ if mh_att or pt_att:
         c128 = k128.get(k, {}).get("custom_tflops")
         print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
               f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s} {ratio(h, tt):>9s}"
-              f" {f(hop1.get(k, {}).get('hopper_tflops')):>7s}")
+              f" {f(hop1.get(k, {}).get('hopper_tflops')):>7s}"
+              f" {f(hopo.get(k, {}).get('hopper_tflops')):>7s}")
 # custom's forward with each tiling (rows x keys), beside PyTorch's flash forward.
 tiles = ["64x64", "64x128", "128x64", "128x128"]
 by_tile = {t: {key(r): r for r in rows

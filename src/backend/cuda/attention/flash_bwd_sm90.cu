@@ -57,30 +57,12 @@ namespace {
 
 using namespace flash;
 
-// setmaxnreg.inc waits until the block's pool holds the registers it asks for, and the pool holds
-// only what the producer warpgroup gave up: 128 · (R − producer) must cover 256 · (consumer − R),
-// R the registers per thread the block launched with. That needs R >= 168, the most 384 threads
-// can have. ptxas gives every instantiation 168 (nvcc 13.0); a compiler that gave fewer would
-// make the consumers wait forever, so the launcher refuses it instead.
-template <typename T, int D, bool kDropout>
-void check_register_pool() {
-  using C = Sm90Bwd<T, D>;
-  static const int regs = [] {
-    cudaFuncAttributes a{};
-    MH_CUDA_CHECK(cudaFuncGetAttributes(&a, flash_bwd_sm90_kernel<T, D, kDropout>));
-    return a.numRegs;
-  }();
-  MH_CHECK(
-      C::kThreads / 3 * (regs - C::kProducerRegs) >=
-          2 * C::kThreads / 3 * (C::kConsumerRegs - regs),
-      "flash_attention_bwd_sm90: the kernel was compiled with ", regs,
-      " registers per thread, its setmaxnreg needs 168 (model.attention: custom does without)");
-}
-
 template <typename T, int D, bool kDropout>
 void launch(const AttnProblem& pr, const Sm90BwdParams<T>& p, cudaStream_t s) {
   using C = Sm90Bwd<T, D>;
-  check_register_pool<T, D, kDropout>();
+  check_setmaxnreg_pool(reinterpret_cast<const void*>(flash_bwd_sm90_kernel<T, D, kDropout>),
+                        C::kThreads, C::kProducerRegs, C::kConsumerRegs,
+                        "flash_attention_bwd_sm90");
   set_smem_limit_once(flash_bwd_sm90_kernel<T, D, kDropout>, C::kSmemBytes);
   const dim3 grid((pr.max_len_k + C::kBN - 1) / C::kBN, pr.heads, pr.batch);
   flash_bwd_sm90_kernel<T, D, kDropout><<<grid, C::kThreads, C::kSmemBytes, s>>>(p);

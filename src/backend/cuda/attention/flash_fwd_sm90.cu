@@ -11,24 +11,40 @@
 // unchanged. Problem, layouts, masks and dropout bits: attention_problem.h; the primitives and
 // the shared-memory layouts: flash_sm90_common.cuh.
 //
-// Opt-in (model.attention: hopper): its gpu tests passed on an H200, where it ran 1.05–1.18×
-// custom's forward on long sequences but slower on short sentences (docs/perf/attention.md).
+// Opt-in (model.attention: hopper): its gpu tests passed on an H200 (the plain form), where it ran
+// 1.05–1.18× custom's forward on long sequences but slower on short sentences
+// (docs/perf/attention.md).
 //
-// Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), BN = 64 keys,
-// no spills, 2 hardware barriers (__syncthreads and the consumers' named barrier):
-//   2 consumer warpgroups + 1 producer warp (288 threads, BM = 128 query rows; the default):
-//     head_dim 64:  132 registers; 50216 bytes dynamic shared memory (Q 16 KiB, 2 × (K, V) 32 KiB)
-//     head_dim 128: 164 registers; 99368 bytes dynamic shared memory (Q 32 KiB, 2 × (K, V) 64 KiB)
-//   1 consumer warpgroup (160 threads, BM = 64; MH_HOPPER_FWD_WG=1):
-//     head_dim 64:  130 registers; 42024 bytes (Q 8 KiB, 2 × (K, V) 32 KiB)
-//     head_dim 128: 164 registers; 82984 bytes (Q 16 KiB, 2 × (K, V) 64 KiB)
+// Two forms (MH_HOPPER_FWD, below; flash_fwd_sm90_kernel.cuh):
+//   plain (the default, the one that ran on an H200): one producer warp, S, softmax and O += P V
+//     one after the other in each warpgroup, 64-key tiles;
+//   overlap (2026-11-29, emulator-checked, not yet run on a GPU): FlashAttention-3's
+//     intra-warpgroup overlap. While the tensor cores compute O += P V of key tile n − 1, the
+//     warpgroup computes the softmax of tile n (whose S it issued just before). 128-key tiles;
+//     a producer warpgroup gives up its registers (setmaxnreg 40) to the consumers (232), which
+//     hold S of tile n (fp32) and P of tile n − 1 (16-bit) at once; the scale is folded into the
+//     exponent's FMA, exp2 is one MUFU. 3 stages of K/V at head_dim 64, 2 at 128.
+//
+// Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), no spills,
+// 2 hardware barriers (__syncthreads and the consumers' named barrier):
+//   plain, 2 consumer warpgroups + 1 producer warp (288 threads, BM = 128 query rows, BN = 64):
+//     head_dim 64:  104 registers; 50216 bytes dynamic shared memory (Q 16 KiB, 2 × (K, V) 32 KiB)
+//     head_dim 128: 135 registers; 99368 bytes dynamic shared memory (Q 32 KiB, 2 × (K, V) 64 KiB)
+//   plain, 1 consumer warpgroup (160 threads, BM = 64; MH_HOPPER_FWD_WG=1): the same registers;
+//     42024 bytes (head_dim 64), 82984 (128)
+//   (until 2026-11-29 the plain form had 132 and 164 registers; the same steps, now in the
+//   helpers the overlapped form shares, P packed to 16 bits before the O += P V wgmmas are
+//   issued rather than between them, compile to fewer; its SASS still has 8 HGMMA, 2 waits)
+//   overlap, 2 consumer warpgroups + 1 producer warpgroup (384 threads, BM = 128, BN = 128):
+//     168 registers at launch (64 Ki / 384), then 232 per consumer and 40 per producer thread;
+//     head_dim 64: 3 stages, 115768 bytes dynamic shared memory (Q 16 KiB, 3 × (K, V) 96 KiB);
+//     head_dim 128: 2 stages, 164904 bytes (Q 32 KiB, 2 × (K, V) 128 KiB).
+//     SASS: HGMMA.64x128x16 for S, 64xDx16 for O += P V, one WARPGROUP.DEPBAR.LE gsb0, 0x1 (the
+//     wait for S while O += P V runs), USETMAXREG; no LDL/STL.
 // (dynamic shared memory = Sm90Fwd::kSmemBytes, including 1 KiB of alignment slack and the
-// mbarriers). BN = 128 spilled (168 registers, ptxas caps 288-thread blocks there: 136-424 bytes
-// of stack), hence BN = 64. ptxas notes (C7519) that it inserts warpgroup.arrive before the
-// register-A wgmma of O += P V (the P registers are written just before). The sm_80 pass compiles
-// a 4-register stub that traps. SASS (cuobjdump -sass, sm_90a): HGMMA.64x64x16.F32[.BF16] for
-// S = Q Kᵀ and O += P V (head_dim 64), HGMMA.64x128x16 for O += P V (head_dim 128), UTMALDG.4D,
-// SYNCS.* (mbarriers); no LDL/STL.
+// mbarriers). The plain form with BN = 128 spilled (168 registers, ptxas caps 288-thread blocks
+// there: 136-424 bytes of stack), hence its BN = 64. The sm_80 pass compiles a 4-register stub
+// that traps.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -47,41 +63,62 @@ namespace {
 
 using namespace flash;
 
-template <typename T, int D, int BN, int NWG>
+template <typename T, int D, int BN, int NWG, bool OVL>
 void launch(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
-  using C = Sm90Fwd<T, D, BN, NWG>;
-  const Sm90FwdParams<T> p = sm90_fwd_params<T, D, BN, NWG>(pr, io, [&](const TmaSpec& t) {
+  using C = Sm90Fwd<T, D, BN, NWG, OVL>;
+  const Sm90FwdParams<T> p = sm90_fwd_params<T, D, BN, NWG, OVL>(pr, io, [&](const TmaSpec& t) {
     return encode_tma(t, pr.dtype, "flash_attention_fwd_sm90");
   });
-  set_smem_limit_once(flash_fwd_sm90_kernel<T, D, BN, NWG>, C::kSmemBytes);
+  if constexpr (OVL)
+    check_setmaxnreg_pool(reinterpret_cast<const void*>(flash_fwd_sm90_kernel<T, D, BN, NWG, OVL>),
+                          C::kThreads, C::kProducerRegs, C::kConsumerRegs,
+                          "flash_attention_fwd_sm90");
+  set_smem_limit_once(flash_fwd_sm90_kernel<T, D, BN, NWG, OVL>, C::kSmemBytes);
   const dim3 grid((pr.max_len_q + C::kBM - 1) / C::kBM, pr.heads, pr.batch);
-  flash_fwd_sm90_kernel<T, D, BN, NWG><<<grid, C::kThreads, C::kSmemBytes, s>>>(p);
+  flash_fwd_sm90_kernel<T, D, BN, NWG, OVL><<<grid, C::kThreads, C::kSmemBytes, s>>>(p);
   MH_CUDA_CHECK_LAUNCH();
 }
 
-// Consumer warpgroups per block (query rows: 64 each): 2 by default; MH_HOPPER_FWD_WG=1 picks
-// blocks of 64 rows, so that one GPU run can time both (tools/gpu/check.sh). The measured reason
-// to look: on the translation batch (sentences of 10-100 tokens) this kernel ran slower than
-// custom's 64-row one, and a 128-row block leaves its second warpgroup idle on every sentence
-// of 64 tokens or fewer. The default follows the measurements.
-int fwd_warpgroups() {
-  static const int nwg = [] {
-    const char* env = std::getenv("MH_HOPPER_FWD_WG");
-    const std::string v = env ? env : "";
-    if (v.empty() || v == "2") return 2;
-    if (v == "1") return 1;
-    user_error("MH_HOPPER_FWD_WG=", v,
-               ": expected 1 or 2 (consumer warpgroups, 64 query rows each, per block)");
+// The form of the kernel, for tuning runs (tools/gpu/check.sh times each; the default follows the
+// measurements):
+//   MH_HOPPER_FWD=plain (default): 64-key tiles, S, softmax and O += P V one after the other, with
+//     MH_HOPPER_FWD_WG consumer warpgroups (64 query rows each) per block: 2 by default, 1 for
+//     the translation batch, whose sentences of 64 tokens or fewer leave a 128-row block's second
+//     warpgroup idle (there this kernel ran slower than custom's 64-row one).
+//   MH_HOPPER_FWD=overlap: FlashAttention-3's intra-warpgroup overlap, 128-key tiles, two
+//     consumer warpgroups and a producer warpgroup that gives them its registers.
+enum class FwdForm { plain1, plain2, overlap };
+FwdForm fwd_form() {
+  static const FwdForm form = [] {
+    const char* f = std::getenv("MH_HOPPER_FWD");
+    const char* w = std::getenv("MH_HOPPER_FWD_WG");
+    const std::string fv = f ? f : "", wv = w ? w : "";
+    if (!fv.empty() && fv != "plain" && fv != "overlap")
+      user_error("MH_HOPPER_FWD=", fv, ": expected plain or overlap (the Hopper forward's form)");
+    if (!wv.empty() && wv != "1" && wv != "2")
+      user_error("MH_HOPPER_FWD_WG=", wv,
+                 ": expected 1 or 2 (consumer warpgroups, 64 query rows each, per block)");
+    if (fv == "overlap") {
+      if (wv == "1")
+        user_error("MH_HOPPER_FWD_WG=1 with MH_HOPPER_FWD=overlap: the overlapped forward has two",
+                   " consumer warpgroups");
+      return FwdForm::overlap;
+    }
+    return wv == "1" ? FwdForm::plain1 : FwdForm::plain2;
   }();
-  return nwg;
+  return form;
 }
 
 template <typename T, int D>
 void launch_d(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
-  if (fwd_warpgroups() == 1)
-    launch<T, D, 64, 1>(pr, io, s);
-  else
-    launch<T, D, 64, 2>(pr, io, s);
+  switch (fwd_form()) {
+    case FwdForm::plain1:
+      return launch<T, D, 64, 1, false>(pr, io, s);
+    case FwdForm::plain2:
+      return launch<T, D, 64, 2, false>(pr, io, s);
+    case FwdForm::overlap:
+      return launch<T, D, 128, 2, true>(pr, io, s);
+  }
 }
 
 }  // namespace

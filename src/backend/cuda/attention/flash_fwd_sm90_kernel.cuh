@@ -11,19 +11,30 @@
 namespace mh::cuda::flash {
 
 // Tiles: BM = 64 · NWG query rows per block (one consumer warpgroup per 64), BN keys per K/V
-// tile, a ring of kSm90Stages K/V tiles. Threads: the consumer warpgroups, then one producer warp
-// (the warpgroups start at warp indices divisible by 4, as wgmma requires).
-template <typename T, int D, int BN, int NWG>
+// tile, a ring of kStages K/V tiles. Threads: the consumer warpgroups, then the producer (the
+// warpgroups start at warp indices divisible by 4, as wgmma requires).
+// OVL = false: one producer warp; each warpgroup runs S = Q Kᵀ, the softmax and O += P V one
+// after the other (the form that ran on an H200, docs/perf/attention.md).
+// OVL = true (FlashAttention-3's intra-warpgroup overlap): the softmax of key tile n runs while
+// the tensor cores compute O += P V of tile n − 1; a producer warpgroup gives its registers to
+// the consumers (setmaxnreg), which hold S of tile n in fp32 and P of tile n − 1 in 16 bits.
+template <typename T, int D, int BN, int NWG, bool OVL = false>
 struct Sm90Fwd {
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
   static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 (wgmma N)");
   static_assert(NWG >= 1 && NWG <= 2, "one or two consumer warpgroups");
+  static_assert(!OVL || NWG == 2, "the overlapped form has two consumer warpgroups");
   static_assert(sizeof(T) == 2, "16-bit elements");
   static constexpr int kBM = 64 * NWG;
-  static constexpr int kStages = 2;
+  // The overlapped form releases a stage only after the next tile's S is computed: a third stage
+  // (head_dim 64; 128 has no room) keeps the copies a tile ahead of that.
+  static constexpr int kStages = OVL && D == 64 ? 3 : 2;
   static constexpr int kConsumers = 128 * NWG;
-  static constexpr int kThreads = 128 * NWG + 32;  // sm90_fwd_threads
-  static constexpr int kCols = D / 64;             // 64-column blocks of a tile (one TMA box each)
+  static constexpr int kThreads = 128 * NWG + (OVL ? 128 : 32);  // sm90_fwd_threads
+  // Registers (setmaxnreg, OVL only): the producer warpgroup gives up what the consumers take,
+  // 128 · kProducerRegs + 256 · kConsumerRegs <= 64 Ki, from the launch's 168 per thread.
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static constexpr int kCols = D / 64;  // 64-column blocks of a tile (one TMA box each)
   // Byte offsets from the 1024-byte aligned base of dynamic shared memory.
   static constexpr int kQBytes = kBM * D * 2, kTileBytes = BN * D * 2;
   static constexpr int kQ = 0;
@@ -33,8 +44,8 @@ struct Sm90Fwd {
   static constexpr int kSmemBytes = 1024 + kBar + 8 * (1 + 2 * kStages);  // + alignment slack
 };
 
-constexpr int sm90_fwd_threads(int nwg) {
-  return 128 * nwg + 32;
+constexpr int sm90_fwd_threads(int nwg, bool ovl = false) {
+  return 128 * nwg + (ovl ? 128 : 32);
 }
 
 template <typename T>
@@ -46,10 +57,10 @@ struct Sm90FwdParams : FlashShape {
 
 // The kernel's arguments (host code; the launcher encodes each TmaSpec into a CUtensorMap, the
 // emulation uses the spec itself).
-template <typename T, int D, int BN, int NWG, typename Encode>
+template <typename T, int D, int BN, int NWG, bool OVL = false, typename Encode>
 inline Sm90FwdParams<T> sm90_fwd_params(const AttnProblem& pr, const AttnFwdIO& io,
                                         Encode&& encode) {
-  using C = Sm90Fwd<T, D, BN, NWG>;
+  using C = Sm90Fwd<T, D, BN, NWG, OVL>;
   Sm90FwdParams<T> p;
   static_cast<FlashShape&>(p) = flash_shape(pr);
   p.tq = encode(token_tma_spec(io.q, pr.total_q, pr.heads, D, C::kBM));
@@ -60,11 +71,12 @@ inline Sm90FwdParams<T> sm90_fwd_params(const AttnProblem& pr, const AttnFwdIO& 
   return p;
 }
 
-template <typename T, int D, int BN, int NWG>
-MH_FLASH_KERNEL(sm90_fwd_threads(NWG))
+// __launch_bounds__ with a minimum of 1 block where setmaxnreg is used (else ptxas may ignore it).
+template <typename T, int D, int BN, int NWG, bool OVL = false>
+MH_FLASH_KERNEL(sm90_fwd_threads(NWG, OVL), 1)
 flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
 #if defined(MH_SM90A_DEVICE) || defined(MH_FLASH_EMU)
-  using C = Sm90Fwd<T, D, BN, NWG>;
+  using C = Sm90Fwd<T, D, BN, NWG, OVL>;
   constexpr int kBM = C::kBM;
   MH_FLASH_SMEM(smem_raw);
   // 128-byte swizzled tiles must sit on 1024-byte boundaries of the shared address space.
@@ -107,7 +119,9 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
   }
   block_sync();
 
-  if (warp == 4 * NWG) {  // the producer warp: one lane issues every copy
+  if (warp >= 4 * NWG) {  // the producer: one lane of its first warp issues every copy
+    if constexpr (OVL) setmaxnreg_dec<C::kProducerRegs>();
+    if (warp != 4 * NWG) return;
     if (lane == 0) {
       mbar_arrive_expect_tx(q_full, C::kQBytes);
       for (int c = 0; c < C::kCols; ++c)
@@ -125,6 +139,7 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
     }
     return;
   }
+  if constexpr (OVL) setmaxnreg_inc<C::kConsumerRegs>();
 
   // Consumer warpgroup wg: query rows [64·wg, 64·wg + 64) of the block; this lane's two rows.
   const int wg = warp >> 2, g = lane >> 2, t4 = lane & 3;
@@ -135,14 +150,15 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  mbar_wait(q_full, 0);
+  float sc[BN / 2];  // S of one key tile, then its P (fp32)
 
-  for (int nb = 0; nb < n_blocks; ++nb) {
+  // Waits for key tile nb; V rows past the sequence hold other tokens (or junk, even NaN, in a
+  // padded batch): their P is 0, but 0 · NaN is not, so they become zeros before the tensor cores
+  // read them.
+  auto wait_tile = [&](int nb) {
     const int n0 = nb * BN, s = nb % C::kStages;
     mbar_wait(&full[s], (nb / C::kStages) & 1);
     if (n0 + BN > sr.len_k) {
-      // V rows past the sequence hold other tokens (or junk, even NaN, in a padded batch): their
-      // P is 0, but 0 · NaN is not, so they become zeros, before the tensor cores read them.
       const int first = sr.len_k > n0 ? sr.len_k - n0 : 0;
       const int chunks = (BN - first) * 8 * C::kCols;  // 16-byte chunks
       for (int i = tid; i < chunks; i += C::kConsumers) {
@@ -152,10 +168,11 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
       fence_proxy_async();
       named_bar_sync(1, C::kConsumers);
     }
-
-    // S = Q K[nb]ᵀ: 64 × BN per warpgroup, D / 16 k-steps, both operands K-major.
-    float sc[BN / 2];
-    wgmma_fence();
+  };
+  // S = Q K[nb]ᵀ into sc: 64 × BN per warpgroup, D / 16 k-steps, both operands K-major (one
+  // commit group, not waited for).
+  auto issue_s = [&](int nb) {
+    const int s = nb % C::kStages;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t col_block = (kk / 4), k_off = (kk % 4) * 32;
@@ -165,36 +182,66 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
       wgmma_ss<T, BN, 0>(sc, da, db, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
-
-    // Scale into base 2, mask, and the online softmax update of this lane's two rows.
-    float mx[2] = {m_run[0], m_run[1]};
+  };
+  // O += P V[nb], P as wgmma's A from registers (k-step kk: pa[kk], the D layout of column tiles
+  // 2kk, 2kk+1), V [keys][D] row-major = MN-major B (transpose bit), column blocks LBO = BN · 128
+  // apart (one commit group, not waited for).
+  auto issue_pv = [&](int nb, const uint32_t(&pa)[BN / 16][4]) {
+    const int s = nb % C::kStages;
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      const int row = m0 + ((i & 2) ? r_hi : r_lo), col = n0 + (i / 4) * 8 + 2 * t4 + (i & 1);
-      const bool visible = col < sr.len_k && (!p.causal || col <= row);
-      sc[i] = visible ? sc[i] * p.scale_log2 : -INFINITY;
-      mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], sc[i]);
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint64_t db = smem_desc_sw128(smem_addr(sV(s)) + kk * 16 * 128, BN * 128, 1024);
+      wgmma_rs<T, D, 1>(acc, pa[kk], db, 1);
     }
+    wgmma_commit();
+  };
+  // The online softmax of tile nb in sc: scale into base 2, mask, the running max and sum of this
+  // lane's two rows, P (kept elements only under dropout) in place; returns each row's factor
+  // alpha for O, which the caller applies when no MMA is writing O.
+  // The overlapped form, as FlashAttention-3, folds the scale into the exponent's FMA (the max
+  // of the raw scores, scaled once per row: scaling is monotonic) and takes exp2 as one MUFU
+  // (exp2_fast): the exponentials, not the MMAs, bound a head_dim-64 tile (128 × 128 of them
+  // per block take as long on the SFUs as its two GEMMs on the tensor cores), and their FP32
+  // work is what the overlap hides behind O += P V. The plain form keeps exp2f: there exp2_fast
+  // cost 3-4 registers, and head_dim 128 spilled at its 168-register cap.
+  constexpr bool kFold = OVL;
+  auto softmax = [&](int nb, float(&alpha)[2]) {
+    const int n0 = nb * BN;
+    const float scale = p.scale_log2;
+    // A tile whose every key is valid and (causal) at or before the block's first query needs no
+    // mask: the per-element compares are spent only at the edges and the diagonal.
+    if (n0 + BN <= sr.len_k && (!p.causal || n0 + BN - 1 <= m0)) {
+      if constexpr (!kFold) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) sc[i] *= scale;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) {
+        const int row = m0 + ((i & 2) ? r_hi : r_lo), col = n0 + (i / 4) * 8 + 2 * t4 + (i & 1);
+        const bool visible = col < sr.len_k && (!p.causal || col <= row);
+        sc[i] = visible ? (kFold ? sc[i] : sc[i] * scale) : -INFINITY;
+      }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], sc[i]);
     float base[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
       mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
+      if constexpr (kFold) mx[r] *= scale;
+      mx[r] = fmaxf(mx[r], m_run[r]);
       base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row with nothing visible yet stays 0
-      // exp2f, not exp2_fast as in flash_fwd: here it cost 3-4 registers, and head_dim 128 spilled
-      // at this kernel's 168-register cap.
-      const float alpha = exp2f(m_run[r] - base[r]);
+      alpha[r] = kFold ? exp2_fast(m_run[r] - base[r]) : exp2f(m_run[r] - base[r]);
       m_run[r] = mx[r];
-      l_run[r] *= alpha;
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i)
-        if (((i >> 1) & 1) == r) acc[i] *= alpha;
+      l_run[r] *= alpha[r];
     }
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
-      sc[i] = exp2f(sc[i] - base[(i >> 1) & 1]);
+      const float b2 = base[(i >> 1) & 1];
+      sc[i] = kFold ? exp2_fast(fmaf(sc[i], scale, -b2)) : exp2f(sc[i] - b2);
       l_run[(i >> 1) & 1] += sc[i];  // lane-partial sums; the quad is summed at the end
     }
     if (p.dropout) {  // the normalizer keeps every probability; O only the kept ones
@@ -208,24 +255,69 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
         sc[i] = keep ? sc[i] * p.drop_scale : 0.f;
       }
     }
-
-    // O += P V[nb]: P from the registers (D layout of column tiles 2k, 2k+1 = A of k-step k),
-    // V [keys][D] row-major = MN-major B (transpose bit), column blocks LBO = BN · 128 apart.
-    wgmma_fence();
+  };
+  auto rescale_o = [&](const float(&alpha)[2]) {
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
-      a[1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
-      a[2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
-      a[3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
-      const uint64_t db = smem_desc_sw128(smem_addr(sV(s)) + kk * 16 * 128, BN * 128, 1024);
-      wgmma_rs<T, D, 1>(acc, a, db, 1);
+    for (int i = 0; i < D / 2; ++i) acc[i] *= alpha[(i >> 1) & 1];
+  };
+  auto pack_p = [&](uint32_t(&pa)[BN / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) pa[kk][j] = pack2<T>(sc[8 * kk + 2 * j], sc[8 * kk + 2 * j + 1]);
+  };
+
+  mbar_wait(q_full, 0);
+  if constexpr (!OVL) {
+    for (int nb = 0; nb < n_blocks; ++nb) {
+      wait_tile(nb);
+      wgmma_fence();
+      issue_s(nb);
+      wgmma_wait<0>();
+      fence_regs(sc);
+      float alpha[2];
+      softmax(nb, alpha);
+      rescale_o(alpha);
+      uint32_t pa[BN / 16][4];
+      pack_p(pa);
+      wgmma_fence();
+      issue_pv(nb, pa);
+      wgmma_wait<0>();
+      fence_regs(acc);
+      mbar_arrive(&empty[nb % C::kStages]);  // this thread is done with K[nb] and V[nb]
     }
-    wgmma_commit();
+  } else {
+    // Tile 0's S and softmax alone; then each step issues S of tile nb and O += P V of tile
+    // nb − 1, computes tile nb's softmax while that MMA runs, and rescales O once it is done.
+    // wgmma groups complete in order, so waiting for all but one is waiting for S.
+    uint32_t pa[BN / 16][4];  // P of the tile whose O += P V is in flight
+    float alpha[2];
+    wait_tile(0);
+    wgmma_fence();
+    issue_s(0);
+    wgmma_wait<0>();
+    fence_regs(sc);
+    softmax(0, alpha);  // O is still 0: no rescale
+    pack_p(pa);
+    for (int nb = 1; nb < n_blocks; ++nb) {
+      wait_tile(nb);
+      wgmma_fence();  // sc, pa and O were written since the last MMAs
+      issue_s(nb);
+      issue_pv(nb - 1, pa);
+      wgmma_wait<1>();
+      fence_regs(sc);
+      softmax(nb, alpha);
+      wgmma_wait<0>();
+      fence_regs(acc);
+      mbar_arrive(&empty[(nb - 1) % C::kStages]);  // done with K[nb − 1] and V[nb − 1]
+      rescale_o(alpha);
+      pack_p(pa);
+    }
+    wgmma_fence();
+    issue_pv(n_blocks - 1, pa);
     wgmma_wait<0>();
     fence_regs(acc);
-    mbar_arrive(&empty[s]);  // this thread is done with K[nb] and V[nb]
+    mbar_arrive(&empty[(n_blocks - 1) % C::kStages]);
   }
 
   // O = acc / l and the row log-sum-exp, as flash_bwd reads them.

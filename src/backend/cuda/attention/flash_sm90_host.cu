@@ -3,6 +3,7 @@
 
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -70,6 +71,27 @@ int device_cc() {
     ccs[dev] = 10 * major + minor;
   }
   return ccs[dev];
+}
+
+void check_setmaxnreg_pool(const void* kernel, int threads, int producer_regs, int consumer_regs,
+                           const char* who) {
+  static std::mutex mu;
+  static std::map<const void*, int> regs_of;
+  int regs = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = regs_of.find(kernel);
+    if (it == regs_of.end()) {
+      cudaFuncAttributes a{};
+      MH_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+      it = regs_of.emplace(kernel, a.numRegs).first;
+    }
+    regs = it->second;
+  }
+  MH_CHECK(128 * (regs - producer_regs) >= (threads - 128) * (consumer_regs - regs), who,
+           ": the kernel was compiled with ", regs, " registers per thread, its setmaxnreg needs ",
+           consumer_regs - (128 * (consumer_regs - producer_regs)) / threads,
+           " (model.attention: custom does without)");
 }
 
 }  // namespace mh::cuda::flash

@@ -18,4 +18,13 @@ bool tma_encoder_available();
 // names the caller in the error if the driver refuses it.
 CUtensorMap encode_tma(const TmaSpec& s, DType t, const char* who);
 
+// setmaxnreg.inc waits until the block's pool holds the registers it asks for, and the pool holds
+// only what the producer warpgroup gave up: 128 · (R − producer_regs) must cover
+// (threads − 128) · (consumer_regs − R), R the registers per thread `kernel` was compiled with
+// (for 384 threads that needs R >= 168, the most they can have; ptxas gives every instantiation
+// 168 with nvcc 13.0). A compiler that gave fewer would make the consumers wait forever, so the
+// launchers refuse it instead, once per kernel (`who` names it in the error).
+void check_setmaxnreg_pool(const void* kernel, int threads, int producer_regs, int consumer_regs,
+                           const char* who);
+
 }  // namespace mh::cuda::flash
