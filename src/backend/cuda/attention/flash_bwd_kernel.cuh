@@ -143,12 +143,15 @@ flash_bwd_kernel(const BwdParams<T> p) {
     }
     // Software pipeline: while one query block is computed on, the next one's Q, dO, lse and D
     // are on their way (the loads used to be waited for at every step, with 8 warps per SM to
-    // hide them).
+    // hide them). Two barriers per step, at the top and before dQ: every read of a step's Q, dO,
+    // lse and D precedes its second barrier, and every read of its dSᵀ precedes the next step's
+    // first, so the buffers each overwrites are free (a third barrier at the end of every step,
+    // until 2026-11-29, guarded nothing these two did not).
     for (int m0 = m_begin, it = 0; m0 < sr.len_q; m0 += kBM, ++it) {
       const int cur = it & 1;
       const bool more = m0 + kBM < sr.len_q;
       if (more) {
-        // Buffer cur ^ 1 was last read in the previous step, which ended with a barrier.
+        // Buffer cur ^ 1 was last read before the previous step's second barrier.
         load_q_block(m0 + kBM, cur ^ 1);
         read_stats(m0 + kBM);
         cp_async_wait_group<1>();  // everything but that prefetch: K, V and this block
@@ -295,8 +298,9 @@ flash_bwd_kernel(const BwdParams<T> p) {
             atomic_add2(p.dq_acc + at + dt * 8, dq[dt][2 * r], dq[dt][2 * r + 1]);
         }
       }
-      if (more) store_stats(cur ^ 1);  // read by the next step, after its barrier
-      block_sync();  // the next step overwrites sdS, and the step after it this block's buffers
+      // Read by the next step, after its first barrier; read last before the second barrier of the
+      // previous step.
+      if (more) store_stats(cur ^ 1);
     }
     // Causal keys that no query sees ran no step: their K/V group is still in flight, and a
     // block must not exit with copies into its shared memory pending. (A no-op otherwise.)
