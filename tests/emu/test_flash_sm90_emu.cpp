@@ -220,20 +220,25 @@ TEST(Sm90EmuIsa, MbarrierParity) {
 
 // The Hopper backward (flash_bwd_sm90_kernel) on the forward's O and lse, with D and the dQ
 // conversion as flash_bwd.cu's small kernels compute them; dq, dk, dv start poisoned.
+// The Hopper backward as its launcher runs it: dQ stored directly where every sequence fits one
+// key block (sm90_bwd_dq_direct; dQ zeroed first, as the prologue does), else added into a zeroed
+// fp32 accumulator and rounded afterwards. accumulate = true forces the accumulator.
 template <typename T, int D>
 void run_sm90_backward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>& lse,
-                       std::vector<T>& dq, std::vector<T>& dk, std::vector<T>& dv) {
+                       std::vector<T>& dq, std::vector<T>& dk, std::vector<T>& dv,
+                       bool accumulate = false) {
   using C = Sm90Bwd<T, D>;
-  std::vector<float> dsum = c.row_dsum(o), dq_acc(c.q.size(), 0.f);
+  const bool direct = !accumulate && sm90_bwd_dq_direct(c.pr);
+  std::vector<float> dsum = c.row_dsum(o), dq_acc(direct ? 0 : c.q.size(), 0.f);
   const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
-  dq.assign(c.q.size(), nan_t);
+  dq.assign(c.q.size(), direct ? round_to<T>(0.f) : nan_t);
   dk.assign(c.k.size(), nan_t);
   dv.assign(c.k.size(), nan_t);
-  const Sm90BwdParams<T> bp =
-      sm90_bwd_params<T, D>(c.pr,
-                            AttnBwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), c.dout.data(),
-                                      lse.data(), dq.data(), dk.data(), dv.data()},
-                            dq_acc.data(), dsum.data(), [](const TmaSpec& t) { return t; });
+  const Sm90BwdParams<T> bp = sm90_bwd_params<T, D>(
+      c.pr,
+      AttnBwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), c.dout.data(), lse.data(), dq.data(),
+                dk.data(), dv.data()},
+      direct ? nullptr : dq_acc.data(), dsum.data(), direct, [](const TmaSpec& t) { return t; });
   const int grid_x = (c.max_k + C::kBN - 1) / C::kBN;
   if (c.pr.dropout > 0)
     emu_launch(grid_x, c.H, c.B, C::kThreads, C::kSmemBytes,
@@ -241,7 +246,8 @@ void run_sm90_backward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>
   else
     emu_launch(grid_x, c.H, c.B, C::kThreads, C::kSmemBytes,
                [&] { flash_bwd_sm90_kernel<T, D, false>(bp); });
-  for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
+  if (!direct)
+    for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
 }
 
 template <typename T, int D, int BN = 64, int NWG = 1, bool OVL = false>
@@ -437,6 +443,52 @@ TEST(FlashSm90Emu, HopperBackwardSequencesIsolated) {
   same(dq, dq_nan, c.cu_q[1] * c.row, "dQ");
   same(dk, dk_nan, c.cu_k[1] * c.row, "dK");
   same(dv, dv_nan, c.cu_k[1] * c.row, "dV");
+}
+
+// Stored dQ (sequences of up to 128 keys) equals the accumulated one, value for value: one
+// block's sum, rounded once, either way. Cases across both head_dims, a sequence without keys,
+// causal packed and dropout; run_case's other cases with max_k <= 128 check it against the
+// reference.
+TEST(FlashSm90Emu, HopperBackwardShortSequencesStoreDq) {
+  // Every sequence within one key block: dQ stored by the blocks (against the reference).
+  run_case<__nv_bfloat16, 64, 64, 2>(
+      {"bwd stored dQ d64", 1, {128, 128}, {128, 100}, true, 0, false, true}, 63);
+  run_case<__half, 128, 64, 2>(
+      {"bwd stored dQ d128 packed dropout", 1, {70, 9}, {128, 40}, false, 0.2f, true, true}, 64);
+}
+
+TEST(FlashSm90Emu, HopperBackwardStoredDqEqualsAccumulated) {
+  auto check = [](auto tag, const Spec& s, uint64_t seed) {
+    using T = typename decltype(tag)::first_type;
+    constexpr int D = decltype(tag)::second_type::value;
+    SCOPED_TRACE(s.name);
+    FlashCase<T, D> c(s, seed);
+    ASSERT_TRUE(sm90_bwd_dq_direct(c.pr));
+    std::vector<T> o(c.q.size());
+    std::vector<float> lse(static_cast<size_t>(c.H * c.total_q));
+    using F = Sm90Fwd<T, D, 64, 2>;
+    const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, 64, 2>(
+        c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()},
+        [](const TmaSpec& t) { return t; });
+    emu_launch((c.max_q + F::kBM - 1) / F::kBM, c.H, c.B, F::kThreads, F::kSmemBytes,
+               [&] { flash_fwd_sm90_kernel<T, D, 64, 2>(fp); });
+    std::vector<T> dq1, dk1, dv1, dq2, dk2, dv2;
+    run_sm90_backward(c, o, lse, dq1, dk1, dv1);
+    run_sm90_backward(c, o, lse, dq2, dk2, dv2, /*accumulate=*/true);
+    for (size_t i = 0; i < dq1.size(); ++i)
+      ASSERT_EQ(bits_of(dq1[i]), bits_of(dq2[i]))
+          << "dQ[" << i << "]: stored " << to_f(dq1[i]) << ", accumulated " << to_f(dq2[i]);
+    for (size_t i = 0; i < dk1.size(); ++i) {
+      ASSERT_EQ(bits_of(dk1[i]), bits_of(dk2[i])) << "dK[" << i << "]";
+      ASSERT_EQ(bits_of(dv1[i]), bits_of(dv2[i])) << "dV[" << i << "]";
+    }
+  };
+  check(std::pair<__nv_bfloat16, std::integral_constant<int, 64>>{},
+        {"stored dQ padded", 1, {128, 128, 128}, {128, 40, 0}, false, 0}, 60);
+  check(std::pair<__half, std::integral_constant<int, 64>>{},
+        {"stored dQ causal packed dropout", 1, {100, 3, 128}, {100, 3, 128}, true, 0.2f, true}, 61);
+  check(std::pair<__nv_bfloat16, std::integral_constant<int, 128>>{},
+        {"stored dQ d128 cross", 1, {150, 20}, {90, 128}, false, 0}, 62);
 }
 
 TEST(FlashSm90Emu, KeyTile128) {

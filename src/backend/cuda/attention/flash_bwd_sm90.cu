@@ -14,6 +14,10 @@
 //      barrier of the two warpgroups computes its half of dQ = dS K over all 128 keys, which it
 //      adds to the accumulator with fp32 atomics (pairs as one float2 atomic);
 //   3. dQ = the accumulator, rounded.
+// Where no sequence has more than 128 keys (sm90_bwd_dq_direct: a translation batch, paper-base's
+// 64-token sentences) a block's dQ rows are complete: it stores them rounded, and the prologue
+// zeroes dQ instead of the accumulator, which is then neither added into nor converted (as
+// flash_bwd.cu does with 64-key blocks; since 2026-11-29, emulator-checked).
 // Z is the dropout mask scaled by 1/(1-p) (all ones without dropout); the bits are the sm_80
 // kernels' (attention_problem.h). Rows past a sequence (other tokens in a packed batch, junk in
 // a padded one) are zeroed in shared memory before the tensor cores read them, so that no 0 · NaN
@@ -71,9 +75,9 @@ void launch(const AttnProblem& pr, const Sm90BwdParams<T>& p, cudaStream_t s) {
 
 template <typename T, int D>
 void launch(const AttnProblem& pr, const AttnBwdIO& io, const BwdScratch& w, cudaStream_t s) {
-  const Sm90BwdParams<T> p = sm90_bwd_params<T, D>(pr, io, w.dq_acc, w.dsum, [&](const TmaSpec& t) {
-    return encode_tma(t, pr.dtype, "flash_attention_bwd_sm90");
-  });
+  const Sm90BwdParams<T> p = sm90_bwd_params<T, D>(
+      pr, io, w.dq_acc, w.dsum, w.dq_direct,
+      [&](const TmaSpec& t) { return encode_tma(t, pr.dtype, "flash_attention_bwd_sm90"); });
   if (p.dropout)
     launch<T, D, true>(pr, p, s);
   else
@@ -93,7 +97,8 @@ void flash_attention_bwd_sm90(const AttnProblem& p, const AttnBwdIO& io, void* w
     flash_attention_bwd(p, io, workspace, s);  // the same zeros
     return;
   }
-  const BwdScratch w = flash_bwd_prologue(p, io, workspace, s);
+  // Sentences of up to 128 tokens (every key of a sequence in one block): dQ stored directly.
+  const BwdScratch w = flash_bwd_prologue(p, io, workspace, s, sm90_bwd_dq_direct(p));
   const bool bf16 = p.dtype == DType::bf16;
   if (p.head_dim == 64)
     bf16 ? launch<__nv_bfloat16, 64>(p, io, w, s) : launch<__half, 64>(p, io, w, s);

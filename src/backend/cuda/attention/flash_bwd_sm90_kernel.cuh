@@ -16,11 +16,17 @@ namespace mh::cuda::flash {
 // 64 keys × 128 queries, are 64 floats each), head_dim 128 takes 64 (its dK and dV accumulators
 // are twice as large). dQ of a step (kBM × D) is split over the two warpgroups by rows (kBM 128)
 // or by 64-column halves (kBM 64): either way each warpgroup's wgmma is 64 × 64 × 128 keys.
+constexpr int kSm90BwdBN = 128;  // keys per block, for every head_dim and element type
+// Whether every query row's dQ comes from one block (no sequence has more keys than a block), so
+// that the block stores it rounded (bwd_dq_direct in flash_bwd_kernel.cuh, for this kernel).
+inline bool sm90_bwd_dq_direct(const AttnProblem& pr) {
+  return pr.max_len_k <= kSm90BwdBN;
+}
 template <typename T, int D>
 struct Sm90Bwd {
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
   static_assert(sizeof(T) == 2, "16-bit elements");
-  static constexpr int kBN = 128, kBM = D == 64 ? 128 : 64, kStages = 2;
+  static constexpr int kBN = kSm90BwdBN, kBM = D == 64 ? 128 : 64, kStages = 2;
   static constexpr int kConsumers = 256;
   static constexpr int kThreads = 384;  // sm90_bwd_threads: 2 consumer warpgroups, 1 producer
   static constexpr int kCols = D / 64;  // 64-column blocks of a Q/K/V/dO tile (one TMA box each)
@@ -52,15 +58,16 @@ struct Sm90BwdParams : FlashShape {
   TmaMap tq, tk, tv, tdo;  // Q, K, V, dO as token_tma_spec describes them
   const float* lse;        // [H, total_q], natural log
   const float* dsum;       // [H, total_q]: rowsum(dO ∘ O)
-  float* dq_acc;           // [total_q, H·D] fp32, zeroed
-  T *dk, *dv;
+  float* dq_acc;           // [total_q, H·D] fp32, zeroed (unless dq_direct)
+  T *dq, *dk, *dv;
+  bool dq_direct;  // dQ's rows are stored to dq (each from one block), not added to dq_acc
 };
 
 // The kernel's arguments (host code; the launcher encodes each TmaSpec into a CUtensorMap, the
 // emulation uses the spec itself).
 template <typename T, int D, typename Encode>
 inline Sm90BwdParams<T> sm90_bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float* dq_acc,
-                                        const float* dsum, Encode&& encode) {
+                                        const float* dsum, bool dq_direct, Encode&& encode) {
   using C = Sm90Bwd<T, D>;
   Sm90BwdParams<T> p;
   static_cast<FlashShape&>(p) = flash_shape(pr);
@@ -71,6 +78,8 @@ inline Sm90BwdParams<T> sm90_bwd_params(const AttnProblem& pr, const AttnBwdIO& 
   p.lse = io.lse;
   p.dsum = dsum;
   p.dq_acc = dq_acc;
+  p.dq = static_cast<T*>(io.dq);
+  p.dq_direct = dq_direct;
   p.dk = static_cast<T*>(io.dk);
   p.dv = static_cast<T*>(io.dv);
   return p;
@@ -346,17 +355,26 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
     wgmma_commit();
 
     // fp32 atomics into the accumulator (blocks of other keys add to the same rows), in pairs,
-    // as soon as dQ's group is done (it was issued first), while dV and dK still run.
+    // as soon as dQ's group is done (it was issued first), while dV and dK still run. Where this
+    // block holds every key of the sequence (dq_direct: sentences of up to 128 tokens), dQ is
+    // complete here and stored rounded, without the accumulator, its zeroing and its conversion.
     wgmma_wait<1>();
     fence_regs(dq);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int ql = dq_row + 16 * w + g + 8 * r;
       if (m0 + ql >= sr.len_q) continue;
-      float* dst = p.dq_acc + (sr.q0 + m0 + ql) * rs + h * D + dq_col + 2 * t4;
+      const int64_t at = (sr.q0 + m0 + ql) * rs + h * D + dq_col + 2 * t4;
+      if (p.dq_direct) {
 #pragma unroll
-      for (int dt = 0; dt < 8; ++dt)
-        atomic_add2(dst + dt * 8, dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
+        for (int dt = 0; dt < 8; ++dt)
+          *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
+              pack2<T>(dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
+      } else {
+#pragma unroll
+        for (int dt = 0; dt < 8; ++dt)
+          atomic_add2(p.dq_acc + at + dt * 8, dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
+      }
     }
     wgmma_wait<0>();
     fence_regs(dv);
