@@ -457,6 +457,33 @@ if any(by_tile[t] for t in tiles[1:]):
         vals.append(pt_att.get(k, {}).get("torch_flash_tflops"))
         label = f"{k[0]} {'causal' if k[3] else 'full'} L{k[4]}"
         print(f"{label:26s} " + " ".join(f"{(f'{v:.1f}' if v else '-'):>8s}" for v in vals))
+# Each tuning knob's variants against its default, as the geometric mean of the speed ratio over
+# the reduced sweep's rows (L >= 1024) and, apart, over the translation batch's: the numbers the
+# defaults are chosen from (docs/perf/attention.md lists the knobs).
+def geo(xs):
+    import math
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+def knob(label, base, var, col, pass_):
+    for region, pick in (("L>=1024", lambda k: k[0] == "sweep" and k[4] >= 1024),
+                         ("mt", lambda k: k[0].startswith("mt-"))):
+        rs = [var[k][col] / base[k][col] for k in var
+              if k in base and k[5] == pass_ and pick(k) and k[2] == 64 and k[1] == "bf16"
+              and var[k].get(col) and base[k].get(col)]
+        g = geo(rs)
+        if g:
+            print(f"  {label:44s} {pass_:3s} {region:8s} x{g:.2f} (min {min(rs):.2f},"
+                  f" max {max(rs):.2f}, {len(rs)} rows)")
+if mh_att and (k128 or hop1 or hopo or any(by_tile[t] for t in tiles[1:])):
+    print("\ntuning knobs, variant / default (geometric mean; > 1: the variant is faster)")
+    knob("MH_FLASH_BWD_KEYS=128 / 64", mh_att, k128, "custom_tflops", "bwd")
+    for t in tiles[1:]:
+        knob(f"MH_FLASH_FWD_TILE={t} / 64x64", mh_att, by_tile[t], "custom_tflops", "fwd")
+    knob("MH_HOPPER_FWD_WG=1 / 2", hop, hop1, "hopper_tflops", "fwd")
+    knob("MH_HOPPER_FWD=overlap / plain", hop, hopo, "hopper_tflops", "fwd")
+    hop_as_custom = {k: {"custom_tflops": r.get("hopper_tflops")} for k, r in hop.items()}
+    knob("hopper backward / custom backward", mh_att, hop_as_custom, "custom_tflops", "bwd")
+    hopo_as_custom = {k: {"custom_tflops": r.get("hopper_tflops")} for k, r in hopo.items()}
+    knob("hopper overlap forward / custom forward", mh_att, hopo_as_custom, "custom_tflops", "fwd")
 # The full sweep: every row into attention_full.txt; here custom / torch flash per dtype,
 # head_dim, mask and pass at L >= 1024 (the target range), as min-max.
 mh_full = {key(r): r for r in rows if str(r.get("step", "")).startswith("mh_attention_full_")}
