@@ -18,6 +18,11 @@ endforeach()
 gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "bwd_keys128."
                      TEST_FILTER "Attention/FlashLaunchers.*:AttentionDropout.MatchesCpuF64WithTheSameSeed"
                      PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_BWD_KEYS=128)
+# The head_dim-64 backward in FlashAttention-2's layout (MH_FLASH_BWD=tiles, for tuning runs): the
+# launcher tests at head_dim 64 and the dropout test again with it.
+gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "bwd_tiles."
+                     TEST_FILTER "Attention/FlashLaunchers.*d64:AttentionDropout.MatchesCpuF64WithTheSameSeed"
+                     PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_BWD=tiles)
 # The head_dim-64 forward's other tilings (MH_FLASH_FWD_TILE, for tuning runs): the launcher
 # tests at head_dim 64 again with each.
 foreach(tile 64x128 128x64 128x128)

@@ -161,9 +161,12 @@ struct FlashCase {
   // flash_bwd.cu's small kernels do, flash_bwd_kernel in between. dk, dv start poisoned; dq too,
   // unless the kernel stores dQ itself (bwd_dq_direct, as the launcher chooses; `accumulate`
   // forces the fp32 accumulator), where the launcher zeroes it first.
-  template <int BBN = kBwdBN, int BBM = kBwdBMOf<D>>
+  // TILES: flash_bwd_tiles_kernel (FlashAttention-2's layout, 128 × 128, head_dim 64) instead.
+  template <int BBN = kBwdBN, int BBM = kBwdBMOf<D>, bool TILES = false>
   void run_backward(std::vector<T>& o, std::vector<float>& lse, std::vector<T>& dq,
                     std::vector<T>& dk, std::vector<T>& dv, bool accumulate = false) {
+    static_assert(!TILES || (D == 64 && BBN == kTilesBN),
+                  "the tiles kernel: head_dim 64, 128 keys");
     std::vector<float> dsum = row_dsum(o), dq_acc(q.size(), 0.f);
     const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
     const bool direct = !accumulate && bwd_dq_direct(pr, BBN);
@@ -175,8 +178,12 @@ struct FlashCase {
                       AttnBwdIO{q.data(), k.data(), v.data(), o.data(), dout.data(), lse.data(),
                                 dq.data(), dk.data(), dv.data()},
                       dq_acc.data(), dsum.data(), direct);
-    emu_launch((max_k + BBN - 1) / BBN, H, B, bwd_threads(BBN), bwd_smem_bytes<T, D, BBN, BBM>(),
-               [&] { flash_bwd_kernel<T, D, BBN, BBM>(bp); });
+    if constexpr (TILES)
+      emu_launch((max_k + BBN - 1) / BBN, H, B, kTilesThreads, bwd_tiles_smem_bytes<T>(),
+                 [&] { flash_bwd_tiles_kernel<T>(bp); });
+    else
+      emu_launch((max_k + BBN - 1) / BBN, H, B, bwd_threads(BBN), bwd_smem_bytes<T, D, BBN, BBM>(),
+                 [&] { flash_bwd_kernel<T, D, BBN, BBM>(bp); });
     if (!direct)
       for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
   }

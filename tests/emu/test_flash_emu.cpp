@@ -21,7 +21,7 @@ namespace mh::cuda::flash {
 namespace {
 
 template <typename T, int D, int FBM = kFwdBM, int FBN = kFwdBN, int BBN = kBwdBN,
-          int BBM = kBwdBMOf<D>, int FWM = kFwdWM>
+          int BBM = kBwdBMOf<D>, int FWM = kFwdWM, bool BTILES = false>
 void run_case(const Spec& s, uint64_t seed) {
   SCOPED_TRACE(::testing::Message()
                << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16")
@@ -56,7 +56,7 @@ void run_case(const Spec& s, uint64_t seed) {
   emu_launch((max_q + FBM - 1) / FBM, H, B, fwd_threads(FBM, FWM), fwd_smem_bytes<T, D, FBM, FBN>(),
              [&] { flash_fwd_kernel<T, D, FBM, FBN, FWM>(fp); });
   std::vector<T> dq, dk, dv;
-  c.template run_backward<BBN, BBM>(o, lse, dq, dk, dv);
+  c.template run_backward<BBN, BBM, BTILES>(o, lse, dq, dk, dv);
 
   // Compare the rows the kernels own against the padded reference.
   EXPECT_LE(c.err(o, o64, c.cu_q, c.q_rows, max_q), 1e-2) << "O";
@@ -157,6 +157,24 @@ TEST(FlashEmu, BackwardWith128Keys) {
       {"bwd 128 keys", 2, {200, 200}, {200, 61}, true, 0, false}, 17);
   run_case<__nv_bfloat16, 64, kFwdBM, kFwdBN, 128, 64>(
       {"bwd 128 keys packed cross dropout", 1, {9, 140, 30}, {300, 5, 129}, false, 0.2f, true}, 18);
+}
+
+// The backward in FlashAttention-2's layout (MH_FLASH_BWD=tiles): 128 keys × 128 queries per step,
+// 2-D warp tiles, P and dS through shared memory. Several steps per key block (the Q/dO buffers
+// alternate), partial key and query blocks, padding keys, causal blocks no query sees, packed
+// sequences, dropout, Lq != Lk, short sequences (dQ stored directly) and long ones (atomics).
+template <typename T>
+void tiles_case(const Spec& s, uint64_t seed) {
+  run_case<T, 64, kFwdBM, kFwdBN, kTilesBN, kTilesBM, kFwdWM, true>(s, seed);
+}
+TEST(FlashEmu, BackwardTiles) {
+  tiles_case<__nv_bfloat16>({"tiles padded causal", 2, {300, 300}, {300, 61}, true}, 70);
+  tiles_case<__half>(
+      {"tiles packed cross dropout", 1, {9, 260, 30}, {300, 5, 129}, false, 0.2f, true}, 71);
+  tiles_case<__nv_bfloat16>(
+      {"tiles short (dQ stored)", 2, {100, 100, 100}, {100, 37, 0}, true, 0.1f}, 72);
+  tiles_case<__half>({"tiles causal Lq>Lk packed", 1, {200, 1, 70}, {130, 1, 70}, true, 0, true},
+                     73);
 }
 
 TEST(FlashEmu, ShortSequencesStoreDq) {

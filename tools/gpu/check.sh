@@ -299,6 +299,10 @@ if ((HAVE_GPU)); then
   # the summary's "cus128" column, to choose the default from a measurement.
   step mh_attention_k128 30 "${MHENV[@]}" MH_FLASH_BWD_KEYS=128 "$MH" bench attention \
     "${ATTN_ARGS[@]}" --impl custom
+  # and with the backward in FlashAttention-2's layout (2-D warp tiles over 128 keys x 128
+  # queries, P and dS through shared memory): the summary's "cusT" column.
+  step mh_attention_bwd_tiles 30 "${MHENV[@]}" MH_FLASH_BWD=tiles "$MH" bench attention \
+    "${ATTN_ARGS[@]}" --impl custom
   # and with each of the forward's other head_dim-64 tilings (the "forward tilings" table)
   for tile in 64x128 128x64 128x128; do
     step "mh_attention_f$tile" 30 "${MHENV[@]}" MH_FLASH_FWD_TILE="$tile" "$MH" bench attention \
@@ -327,13 +331,15 @@ if ((HAVE_GPU)); then
   NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null |
     tail -n 1 || true)
   if [[ -n "$NCU" ]]; then
-    # name:kernel:impl; the Hopper backward last (n/a, and so failing, off sm_90).
-    for spec in bwd:flash_bwd_kernel:custom fwd:flash_fwd_kernel:custom \
-      hopper_bwd:flash_bwd_sm90_kernel:hopper hopper_fwd_ovl:flash_fwd_sm90_kernel:hopper; do
-      IFS=: read -r name kern impl <<<"$spec"
-      TAIL_LINES=40 step "ncu_flash_$name" 45 "${MHENV[@]}" MH_HOPPER_FWD=overlap \
-        "$NCU" --clock-control none \
-        -k "regex:^$kern" -c 1 --section SpeedOfLight \
+    # name:kernel:impl:knob; the Hopper kernels last (n/a, and so failing, off sm_90).
+    for spec in bwd:flash_bwd_kernel:custom:MH_FLASH_BWD=strips \
+      bwd_tiles:flash_bwd_tiles_kernel:custom:MH_FLASH_BWD=tiles \
+      fwd:flash_fwd_kernel:custom:MH_FLASH_FWD_TILE=64x64 \
+      hopper_bwd:flash_bwd_sm90_kernel:hopper:MH_HOPPER_FWD=plain \
+      hopper_fwd_ovl:flash_fwd_sm90_kernel:hopper:MH_HOPPER_FWD=overlap; do
+      IFS=: read -r name kern impl knob <<<"$spec"
+      TAIL_LINES=40 step "ncu_flash_$name" 45 "${MHENV[@]}" "$knob" "$NCU" --clock-control none \
+        -k "regex:$kern" -c 1 --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats \
         "$MH" bench attention --dtype bf16 --head-dim 64 --seq 2048 --causal=off --mt-tokens 0 \
@@ -418,13 +424,14 @@ key = lambda r: (r["case"], r["dtype"], r["head_dim"], r["causal"], r["seq"], r[
 mh_att = {key(r): r for r in rows if r.get("step") == "mh_attention"}
 pt_att = {key(r): r for r in rows if r.get("step") == "torch_attention"}
 k128 = {key(r): r for r in rows if r.get("step") == "mh_attention_k128"}
+ktiles = {key(r): r for r in rows if r.get("step") == "mh_attention_bwd_tiles"}
 hop = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper"}
 hop1 = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_wg1"}
 hopo = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_ovl"}
 if mh_att or pt_att:
     print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
           f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s} {'cus128':>7s}"
-          f" {'hop/torch':>9s} {'hopWG1':>7s} {'hopOVL':>7s}"
+          f" {'hop/torch':>9s} {'hopWG1':>7s} {'hopOVL':>7s} {'cusT':>7s}"
           f"  TFLOP/s")
     for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
                                                              k[5] != "fwd")):
@@ -441,7 +448,8 @@ if mh_att or pt_att:
         print(f"{label:26s} {f(c):>7s} {f(tt):>7s} {f(d):>7s} {f(n):>7s} {f(h):>7s}"
               f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s} {ratio(h, tt):>9s}"
               f" {f(hop1.get(k, {}).get('hopper_tflops')):>7s}"
-              f" {f(hopo.get(k, {}).get('hopper_tflops')):>7s}")
+              f" {f(hopo.get(k, {}).get('hopper_tflops')):>7s}"
+              f" {f(ktiles.get(k, {}).get('custom_tflops')):>7s}")
 # custom's forward with each tiling (rows x keys), beside PyTorch's flash forward.
 tiles = ["64x64", "64x128", "128x64", "128x128"]
 by_tile = {t: {key(r): r for r in rows
@@ -473,9 +481,10 @@ def knob(label, base, var, col, pass_):
         if g:
             print(f"  {label:44s} {pass_:3s} {region:8s} x{g:.2f} (min {min(rs):.2f},"
                   f" max {max(rs):.2f}, {len(rs)} rows)")
-if mh_att and (k128 or hop1 or hopo or any(by_tile[t] for t in tiles[1:])):
+if mh_att and (k128 or ktiles or hop1 or hopo or any(by_tile[t] for t in tiles[1:])):
     print("\ntuning knobs, variant / default (geometric mean; > 1: the variant is faster)")
     knob("MH_FLASH_BWD_KEYS=128 / 64", mh_att, k128, "custom_tflops", "bwd")
+    knob("MH_FLASH_BWD=tiles / strips", mh_att, ktiles, "custom_tflops", "bwd")
     for t in tiles[1:]:
         knob(f"MH_FLASH_FWD_TILE={t} / 64x64", mh_att, by_tile[t], "custom_tflops", "fwd")
     knob("MH_HOPPER_FWD_WG=1 / 2", hop, hop1, "hopper_tflops", "fwd")

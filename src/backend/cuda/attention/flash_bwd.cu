@@ -27,6 +27,9 @@
 //                          68.5 KiB shared
 //   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 254 registers (sm_90a), 248
 //                          (sm_80), no spills; 81 KiB shared; one block (8 warps) per SM
+// and of flash_bwd_tiles (MH_FLASH_BWD=tiles, head_dim 64, FlashAttention-2's layout: 128 keys ×
+// 128 queries per step, 256 threads): 255 registers (sm_80 and sm_90a), no spills, dropout
+// included; 162 KiB shared (K, V; Q and dO twice; P and dS; lse and D twice); one block per SM.
 //   (The dQ store of bwd_dq_direct, a branch on a kernel argument, cost 2 registers and sm_90a's
 //   head_dim-128 kernel 4 bytes of spill; the branch placed outside the row loop spilled more.)
 //   (Steps without a mask to evaluate, all_visible, took 6-9 registers off. Deciding dropout
@@ -112,6 +115,42 @@ int bwd_keys_per_block() {
   return keys;
 }
 
+// The head_dim-64 backward's layout: "strips" (flash_bwd_kernel, a 16-key strip per warp; the
+// default) or "tiles" (flash_bwd_tiles_kernel, FlashAttention-2's 2-D warp tiles over 128 keys ×
+// 128 queries, P and dS through shared memory). MH_FLASH_BWD=tiles selects it, so that one GPU
+// run can time both; the default follows the measurements (docs/perf/attention.md).
+bool bwd_tiles() {
+  static const bool tiles = [] {
+    const char* env = std::getenv("MH_FLASH_BWD");
+    const std::string v = env ? env : "";
+    if (v.empty() || v == "strips") return false;
+    if (v == "tiles") return true;
+    user_error("MH_FLASH_BWD=", v,
+               ": expected strips or tiles (the head_dim-64 backward's layout over the warps)");
+  }();
+  return tiles;
+}
+
+template <typename T>
+void launch_bwd_tiles(const AttnProblem& pr, const BwdParams<T>& p, cudaStream_t s) {
+  const int smem = bwd_tiles_smem_bytes<T>();
+  static const bool fits = [smem] {
+    int dev = 0, optin = 0;
+    MH_CUDA_CHECK(cudaGetDevice(&dev));
+    MH_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return optin >= smem;
+  }();
+  if (!fits)
+    user_error("MH_FLASH_BWD=tiles needs ", smem,
+               " bytes of shared memory per block (A100, H100), more than this GPU offers");
+  set_smem_limit_once(flash_bwd_tiles_kernel<T>, smem);
+  const dim3 grid((pr.max_len_k + kTilesBN - 1) / kTilesBN, pr.heads, pr.batch);
+  if (grid.x > 0) {
+    flash_bwd_tiles_kernel<T><<<grid, kTilesThreads, smem, s>>>(p);
+    MH_CUDA_CHECK_LAUNCH();
+  }
+}
+
 template <typename T, int D, int BN>
 void launch_bwd_main(const AttnProblem& pr, const BwdParams<T>& p, cudaStream_t s) {
   const int smem = bwd_smem_bytes<T, D, BN>();
@@ -125,11 +164,14 @@ void launch_bwd_main(const AttnProblem& pr, const BwdParams<T>& p, cudaStream_t 
 
 template <typename T, int D>
 void launch_bwd(const AttnProblem& pr, const AttnBwdIO& io, void* workspace, cudaStream_t s) {
-  const int bn = D == 64 ? bwd_keys_per_block() : kBwdBN;
+  const bool tiles = D == 64 && bwd_tiles();
+  const int bn = tiles ? kTilesBN : D == 64 ? bwd_keys_per_block() : kBwdBN;
   const BwdScratch w = flash_bwd_prologue(pr, io, workspace, s, bwd_dq_direct(pr, bn));
   const BwdParams<T> p = bwd_params<T>(pr, io, w.dq_acc, w.dsum, w.dq_direct);
   if constexpr (D == 64) {
-    if (bn == 128) {
+    if (tiles) {
+      launch_bwd_tiles<T>(pr, p, s);
+    } else if (bn == 128) {
       launch_bwd_main<T, D, 128>(pr, p, s);
     } else {
       launch_bwd_main<T, D, kBwdBN>(pr, p, s);

@@ -323,3 +323,303 @@ flash_bwd_kernel(const BwdParams<T> p) {
 }
 
 }  // namespace mh::cuda::flash
+
+namespace mh::cuda::flash {
+
+// --- 3. the same backward in FlashAttention-2's layout (head_dim 64; MH_FLASH_BWD=tiles) ---------
+// A block owns kTilesBN = 128 keys with 8 warps and steps through the queries 128 at a time. Each
+// GEMM is split over the warps in two dimensions, as FlashAttention-2 splits it, rather than
+// giving every warp a 16-key strip: S = Q Kᵀ and dP = dO Vᵀ as 2 × 4 warps of 64 queries × 32
+// keys; P and dS go through shared memory; dV = Pᵀ dO and dK = dSᵀ Q as 4 × 2 warps of 32 keys ×
+// 32 dims (held across the steps), dQ = dS K as 4 × 2 warps of 32 queries × 32 dims. A step
+// is 4× the strips kernel's work between its two barriers, each query block's lse and D are
+// read once per 128 keys, and dQ gets half the atomics per FLOP.
+constexpr int kTilesBN = 128, kTilesBM = 128, kTilesThreads = 256;
+template <typename T>
+constexpr int bwd_tiles_smem_bytes() {
+  // K, V; Q and dO twice (this query block and the next); P and dS; lse and D twice.
+  return (2 * kTilesBN * 64 + 4 * kTilesBM * 64 + 2 * kTilesBM * kTilesBN) *
+             static_cast<int>(sizeof(T)) +
+         4 * kTilesBM * static_cast<int>(sizeof(float));
+}
+
+template <typename T>
+MH_FLASH_KERNEL(kTilesThreads, 1)
+flash_bwd_tiles_kernel(const BwdParams<T> p) {
+  constexpr int D = 64, BN = kTilesBN, BM = kTilesBM, kThreads = kTilesThreads;
+  MH_FLASH_SMEM(smem_raw);
+  T* sK = reinterpret_cast<T*>(smem_raw);  // [BN][D]
+  T* sV = sK + BN * D;                     // [BN][D]
+  T* sQ2 = sV + BN * D;                    // 2 × [BM][D]: buffers alternate by query block
+  T* sdO2 = sQ2 + 2 * BM * D;              // 2 × [BM][D]
+  T* sP = sdO2 + 2 * BM * D;               // [BM][BN]: P∘Z, queries × keys
+  T* sdS = sP + BM * BN;                   // [BM][BN]: dS
+  float* sLse2 = reinterpret_cast<float*>(sdS + BM * BN);  // 2 × [BM], base 2
+  float* sDsum2 = sLse2 + 2 * BM;                          // 2 × [BM]
+
+  const int b = block_z(), h = block_y(), n0 = block_x() * BN;
+  const SeqRows sr = seq_rows(b, p.cu_q, p.cu_k, p.key_len, p.max_len_q, p.max_len_k);
+  const int k_rows = p.cu_q ? sr.len_k : p.max_len_k;  // as flash_bwd_kernel
+  if (n0 >= k_rows) return;
+  const int tid = thread_x(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t rs = static_cast<int64_t>(p.heads) * D;
+  const T* kg = p.k + (sr.k0 + n0) * rs + h * D;
+  const T* vg = p.v + (sr.k0 + n0) * rs + h * D;
+  T* dkg = p.dk + (sr.k0 + n0) * rs + h * D;
+  T* dvg = p.dv + (sr.k0 + n0) * rs + h * D;
+  const int keys_here = imin(BN, k_rows - n0);
+  // The warps' places: S and dP 2 (queries) × 4 (keys); dV, dK 4 (keys) × 2 (dims); dQ 4
+  // (queries) × 2 (dims).
+  const int wm = warp & 1, wn = warp >> 1, w4 = warp & 3, wd = warp >> 2;
+
+  float dk[2][4][4], dv[2][4][4];  // 32 keys × 32 dims per warp
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[mi][i][e] = dv[mi][i][e] = 0.f;
+
+  if (n0 < sr.len_k) {
+    load_tile<BN, D, kThreads>(sK, kg, rs, sr.len_k - n0, p.k, tid);
+    load_tile<BN, D, kThreads>(sV, vg, rs, sr.len_k - n0, p.v, tid);
+    cp_async_commit();
+    const int m_begin = p.causal ? (n0 / BM) * BM : 0;
+    auto load_q_block = [&](int m0, int buf) {
+      const int q_here = imin(BM, sr.len_q - m0);
+      load_tile<BM, D, kThreads>(sQ2 + buf * BM * D, p.q + (sr.q0 + m0) * rs + h * D, rs, q_here,
+                                 p.q, tid);
+      load_tile<BM, D, kThreads>(sdO2 + buf * BM * D, p.dout + (sr.q0 + m0) * rs + h * D, rs,
+                                 q_here, p.dout, tid);
+      cp_async_commit();
+    };
+    float next_lse = INFINITY, next_dsum = 0.f;
+    auto read_stats = [&](int m0) {
+      const int64_t at = h * p.total_q + sr.q0 + m0 + tid;
+      const bool ok = tid < BM && m0 + tid < sr.len_q;
+      next_lse = ok ? p.lse[at] * kLog2e : INFINITY;
+      next_dsum = ok ? p.dsum[at] : 0.f;
+    };
+    auto store_stats = [&](int buf) {
+      if (tid < BM) {
+        sLse2[buf * BM + tid] = next_lse;
+        sDsum2[buf * BM + tid] = next_dsum;
+      }
+    };
+    if (m_begin < sr.len_q) {
+      load_q_block(m_begin, 0);
+      read_stats(m_begin);
+      store_stats(0);
+    }
+    // Two barriers per step. The next query block's copies start after the first: this step's
+    // buffers were last read (dK's Q, dV's dO) after the previous step's second barrier.
+    for (int m0 = m_begin, it = 0; m0 < sr.len_q; m0 += BM, ++it) {
+      const int cur = it & 1;
+      const bool more = m0 + BM < sr.len_q;
+      cp_async_wait_all();
+      block_sync();
+      if (more) {
+        load_q_block(m0 + BM, cur ^ 1);
+        read_stats(m0 + BM);
+      }
+      const T* sQ = sQ2 + cur * BM * D;
+      const T* sdO = sdO2 + cur * BM * D;
+      const float* sLse = sLse2 + cur * BM;
+      const float* sDsum = sDsum2 + cur * BM;
+      const int q_here = imin(BM, sr.len_q - m0);
+
+      // acc = A Bᵀ over D for this warp's 64 queries (A rows) × 32 keys (B rows).
+      auto queries_x_keys = [&](float(&acc)[4][4][4], const T* sa, const T* sb) {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt)
+            acc[mi][nt][0] = acc[mi][nt][1] = acc[mi][nt][2] = acc[mi][nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t a[4][4];
+#pragma unroll
+          for (int mi = 0; mi < 4; ++mi)
+            ldsm_x4(a[mi], sa + swz<D>(wm * 64 + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                       kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+          for (int nj = 0; nj < 2; ++nj) {
+            uint32_t bk[4];  // b0, b1 of key tiles 2·nj and 2·nj + 1
+            ldsm_x4(bk, sb + swz<D>(wn * 32 + nj * 16 + (lane & 7) + (lane >> 4) * 8,
+                                    kk * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi) {
+              mma16816<T>(acc[mi][2 * nj], a[mi], bk[0], bk[1]);
+              mma16816<T>(acc[mi][2 * nj + 1], a[mi], bk[2], bk[3]);
+            }
+          }
+        }
+      };
+      // Element (mi, nt, e) of this warp's tiles: query wm·64 + 16mi + g + 8(e / 2), key
+      // wn·32 + 8nt + 2t4 + e % 2 (block-local).
+      const bool all_visible =
+          n0 + BN <= sr.len_k && m0 + BM <= sr.len_q && (!p.causal || n0 + BN - 1 <= m0);
+      float s[4][4][4], dp[4][4][4];
+      queries_x_keys(s, sQ, sK);
+      // P = exp2(S·scale·log2e − lse): the probabilities, 0 where masked.
+      auto probs = [&](auto masked) {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int e2 = 0; e2 < 2; ++e2) {
+            const int ql = wm * 64 + mi * 16 + g + 8 * e2;
+            const float lse = sLse[ql];
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+              for (int e1 = 0; e1 < 2; ++e1) {
+                const int e = 2 * e2 + e1, key = n0 + wn * 32 + nt * 8 + 2 * t4 + e1, q = m0 + ql;
+                const bool visible = !decltype(masked)::value ||
+                                     (key < sr.len_k && q < sr.len_q && (!p.causal || key <= q));
+                s[mi][nt][e] = visible ? exp2_fast(s[mi][nt][e] * p.scale_log2 - lse) : 0.f;
+              }
+          }
+      };
+      if (all_visible)
+        probs(std::false_type{});
+      else
+        probs(std::true_type{});
+      queries_x_keys(dp, sdO, sV);
+      // dS = P ∘ (dP∘Z − D) · scale and P∘Z, rounded into shared memory (queries × keys).
+      auto grads = [&](auto dropout) {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int e2 = 0; e2 < 2; ++e2) {
+            const int ql = wm * 64 + mi * 16 + g + 8 * e2;
+            const float dsum = sDsum[ql];
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+              float pz[2], ds[2];
+#pragma unroll
+              for (int e1 = 0; e1 < 2; ++e1) {
+                const int e = 2 * e2 + e1, kl = wn * 32 + nt * 8 + 2 * t4 + e1;
+                const float pr = s[mi][nt][e];
+                float g_val = dp[mi][nt][e], p_used = pr;
+                if constexpr (decltype(dropout)::value) {
+                  if (pr != 0.f) {
+                    const uint64_t idx =
+                        ((static_cast<uint64_t>(b) * p.heads + h) * p.max_len_q + m0 + ql) *
+                            p.max_len_k +
+                        n0 + kl;
+                    const bool keep =
+                        (dropout_bits(p.seed, p.offset, idx) >> 8) >= p.drop_threshold;
+                    g_val = keep ? g_val * p.drop_scale : 0.f;
+                    p_used = keep ? pr * p.drop_scale : 0.f;
+                  }
+                }
+                ds[e1] = pr * (g_val - dsum) * p.scale;
+                pz[e1] = p_used;
+              }
+              const int at = swz<BN>(ql, wn * 32 + nt * 8 + 2 * t4);
+              *reinterpret_cast<uint32_t*>(sP + at) = pack2<T>(pz[0], pz[1]);
+              *reinterpret_cast<uint32_t*>(sdS + at) = pack2<T>(ds[0], ds[1]);
+            }
+          }
+      };
+      if (p.dropout)
+        grads(std::true_type{});
+      else
+        grads(std::false_type{});
+      block_sync();  // P and dS of the whole tile, for every warp
+
+      // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: this warp's 32 keys × 32 dims, over the 128 queries;
+      // A = Pᵀ, dSᵀ read transposed out of the queries × keys tiles.
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        uint32_t ap[2][4], ads[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const int at = swz<BN>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
+                                 w4 * 32 + mi * 16 + ((lane >> 3) & 1) * 8);
+          ldsm_x4_trans(ap[mi], sP + at);
+          ldsm_x4_trans(ads[mi], sdS + at);
+        }
+#pragma unroll
+        for (int dt2 = 0; dt2 < 2; ++dt2) {
+          const int at = swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                wd * 32 + dt2 * 16 + (lane >> 4) * 8);
+          uint32_t bo[4], bq[4];
+          ldsm_x4_trans(bo, sdO + at);
+          ldsm_x4_trans(bq, sQ + at);
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            mma16816<T>(dv[mi][2 * dt2], ap[mi], bo[0], bo[1]);
+            mma16816<T>(dv[mi][2 * dt2 + 1], ap[mi], bo[2], bo[3]);
+            mma16816<T>(dk[mi][2 * dt2], ads[mi], bq[0], bq[1]);
+            mma16816<T>(dk[mi][2 * dt2 + 1], ads[mi], bq[2], bq[3]);
+          }
+        }
+      }
+
+      // dQ[m0 .. m0 + BM) += dS K: this warp's 32 queries × 32 dims, over the 128 keys.
+      float dq[2][4][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dq[mi][i][0] = dq[mi][i][1] = dq[mi][i][2] = dq[mi][i][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        uint32_t ads[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+          ldsm_x4(ads[mi], sdS + swz<BN>(w4 * 32 + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                         kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int dt2 = 0; dt2 < 2; ++dt2) {
+          uint32_t bk[4];
+          ldsm_x4_trans(bk, sK + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                        wd * 32 + dt2 * 16 + (lane >> 4) * 8));
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            mma16816<T>(dq[mi][2 * dt2], ads[mi], bk[0], bk[1]);
+            mma16816<T>(dq[mi][2 * dt2 + 1], ads[mi], bk[2], bk[3]);
+          }
+        }
+      }
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int ql = w4 * 32 + mi * 16 + g + 8 * r;
+          if (ql >= q_here) continue;
+          const int64_t at = (sr.q0 + m0 + ql) * rs + h * D + wd * 32 + 2 * t4;
+          if (p.dq_direct) {  // this block holds every key of the sequence: dQ is complete
+#pragma unroll
+            for (int dt = 0; dt < 4; ++dt)
+              *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
+                  pack2<T>(dq[mi][dt][2 * r], dq[mi][dt][2 * r + 1]);
+          } else {
+#pragma unroll
+            for (int dt = 0; dt < 4; ++dt)
+              atomic_add2(p.dq_acc + at + dt * 8, dq[mi][dt][2 * r], dq[mi][dt][2 * r + 1]);
+          }
+        }
+      // Read by the next step, after its first barrier; read last before this step's second.
+      if (more) store_stats(cur ^ 1);
+    }
+    cp_async_wait_all();  // causal keys no query sees ran no step: their copies are in flight
+  }
+
+  // dK, dV of this warp's 32 keys × 32 dims (0 for keys no query saw, and for padding keys).
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int kl = w4 * 32 + mi * 16 + g + 8 * r;
+      if (kl >= keys_here) continue;
+#pragma unroll
+      for (int dt = 0; dt < 4; ++dt) {
+        const int64_t at = kl * rs + wd * 32 + dt * 8 + 2 * t4;
+        *reinterpret_cast<uint32_t*>(dkg + at) = pack2<T>(dk[mi][dt][2 * r], dk[mi][dt][2 * r + 1]);
+        *reinterpret_cast<uint32_t*>(dvg + at) = pack2<T>(dv[mi][dt][2 * r], dv[mi][dt][2 * r + 1]);
+      }
+    }
+}
+
+}  // namespace mh::cuda::flash
