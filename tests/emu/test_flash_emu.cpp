@@ -168,11 +168,11 @@ void tiles_case(const Spec& s, uint64_t seed) {
   run_case<T, 64, kFwdBM, kFwdBN, kTilesBN, kTilesBM, kFwdWM, true>(s, seed);
 }
 TEST(FlashEmu, BackwardTiles) {
-  tiles_case<__nv_bfloat16>({"tiles padded causal", 2, {300, 300}, {300, 61}, true}, 70);
+  tiles_case<__nv_bfloat16>({"tiles padded causal", 1, {300, 300}, {300, 61}, true}, 70);
   tiles_case<__half>(
-      {"tiles packed cross dropout", 1, {9, 260, 30}, {300, 5, 129}, false, 0.2f, true}, 71);
+      {"tiles packed cross dropout", 1, {9, 200, 30}, {260, 5, 129}, false, 0.2f, true}, 71);
   tiles_case<__nv_bfloat16>(
-      {"tiles short (dQ stored)", 2, {100, 100, 100}, {100, 37, 0}, true, 0.1f}, 72);
+      {"tiles short (dQ stored)", 1, {100, 100, 100}, {100, 37, 0}, true, 0.1f}, 72);
   tiles_case<__half>({"tiles causal Lq>Lk packed", 1, {200, 1, 70}, {130, 1, 70}, true, 0, true},
                      73);
 }
