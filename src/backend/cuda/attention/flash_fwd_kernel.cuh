@@ -43,8 +43,9 @@ constexpr int fwd_smem_bytes() {
 
 // A warp of WM = 32 rows (MT = 2 row tiles) reads each K and V fragment from shared memory once
 // for two mma tiles, half the shared-memory traffic per FLOP of 16 rows: FlashAttention-2's
-// head_dim-64 forward (128 x 128 tiles, 4 warps). Its Q fragments stay in registers only where
-// the score tiles leave room (MT · BN ≤ 128); otherwise they are read per k-step, as there.
+// head_dim-64 forward (128 x 128 tiles, 4 warps). Such a warp reads its Q fragments per k-step,
+// as FlashAttention-2 does (held in registers, they spilled 128x64 on sm_90a: 112 bytes); a warp
+// of 16 rows loads them once.
 template <typename T, int D, int BM = kFwdBM, int BN = kFwdBN, int WM = kFwdWM>
 MH_FLASH_KERNEL(fwd_threads(BM, WM))
 flash_fwd_kernel(const FwdParams<T> p) {
