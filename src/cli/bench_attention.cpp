@@ -68,8 +68,10 @@ const char* const kBenchAttentionDetails =
     "                                                   tiles over 128 keys x 128 queries\n"
     "Environment (hopper's forward):\n"
     "  MH_HOPPER_FWD=plain|overlap   plain: S, softmax, O += P V in turn, 64-key tiles (default);\n"
-    "                                overlap: FlashAttention-3's intra-warpgroup overlap, 128 keys\n"
-    "  MH_HOPPER_FWD_WG=1|2          plain: consumer warpgroups (64 query rows each) per block (2)\n";
+    "                                overlap: FlashAttention-3's intra-warpgroup overlap, 128 "
+    "keys\n"
+    "  MH_HOPPER_FWD_WG=1|2          plain: consumer warpgroups (64 query rows each) per block "
+    "(2)\n";
 
 int bench_attention(int argc, char** argv);
 
