@@ -250,12 +250,23 @@ void run_sm90_backward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>
     for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
 }
 
+// The Hopper forward into o and lse (sized, and poisoned as the caller wants), as its launcher runs
+// it.
+template <typename T, int D, int BN = 64, int NWG = 2, bool OVL = false>
+void run_sm90_forward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>& lse) {
+  using C = Sm90Fwd<T, D, BN, NWG, OVL>;
+  const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, BN, NWG, OVL>(
+      c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()},
+      [](const TmaSpec& t) { return t; });
+  emu_launch((c.max_q + C::kBM - 1) / C::kBM, c.H, c.B, C::kThreads, C::kSmemBytes,
+             [&] { flash_fwd_sm90_kernel<T, D, BN, NWG, OVL>(fp); });
+}
+
 template <typename T, int D, int BN = 64, int NWG = 1, bool OVL = false>
 void run_case(const Spec& s, uint64_t seed) {
   SCOPED_TRACE(::testing::Message()
                << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16")
                << " BN=" << BN << " warpgroups=" << NWG << (OVL ? " overlapped" : ""));
-  using C = Sm90Fwd<T, D, BN, NWG, OVL>;
   FlashCase<T, D> c(s, seed);
   const int B = c.B, H = c.H, max_q = c.max_q, max_k = c.max_k;
   const int64_t row = c.row;
@@ -283,11 +294,7 @@ void run_case(const Spec& s, uint64_t seed) {
   std::vector<T> o(c.q.size(), nan_t);
   std::vector<float> lse(static_cast<size_t>(H * c.total_q),
                          std::numeric_limits<float>::quiet_NaN());
-  const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, BN, NWG, OVL>(
-      c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()},
-      [](const TmaSpec& t) { return t; });
-  emu_launch((max_q + C::kBM - 1) / C::kBM, H, B, C::kThreads, C::kSmemBytes,
-             [&] { flash_fwd_sm90_kernel<T, D, BN, NWG, OVL>(fp); });
+  run_sm90_forward<T, D, BN, NWG, OVL>(c, o, lse);
 
   EXPECT_LE(c.err(o, o64, c.cu_q, c.q_rows, max_q), 1e-2) << "O";
 
@@ -418,16 +425,11 @@ TEST(FlashSm90Emu, HopperBackwardWarpgroupsOutOfStep) {
 TEST(FlashSm90Emu, HopperBackwardSequencesIsolated) {
   using T = __nv_bfloat16;
   constexpr int D = 64;
-  using F = Sm90Fwd<T, D, 64, 2>;
   const Spec s{"isolation", 1, {70, 50}, {90, 50}, false, 0, true};
   FlashCase<T, D> c(s, 24);
   std::vector<T> o(c.q.size());
   std::vector<float> lse(static_cast<size_t>(c.H * c.total_q));
-  const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, 64, 2>(
-      c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()},
-      [](const TmaSpec& t) { return t; });
-  emu_launch((c.max_q + F::kBM - 1) / F::kBM, c.H, c.B, F::kThreads, F::kSmemBytes,
-             [&] { flash_fwd_sm90_kernel<T, D, 64, 2>(fp); });
+  run_sm90_forward(c, o, lse);
   std::vector<T> dq, dk, dv, dq_nan, dk_nan, dv_nan;
   run_sm90_backward(c, o, lse, dq, dk, dv);
   const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
@@ -466,12 +468,7 @@ TEST(FlashSm90Emu, HopperBackwardStoredDqEqualsAccumulated) {
     ASSERT_TRUE(sm90_bwd_dq_direct(c.pr));
     std::vector<T> o(c.q.size());
     std::vector<float> lse(static_cast<size_t>(c.H * c.total_q));
-    using F = Sm90Fwd<T, D, 64, 2>;
-    const Sm90FwdParams<T> fp = sm90_fwd_params<T, D, 64, 2>(
-        c.pr, AttnFwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), lse.data()},
-        [](const TmaSpec& t) { return t; });
-    emu_launch((c.max_q + F::kBM - 1) / F::kBM, c.H, c.B, F::kThreads, F::kSmemBytes,
-               [&] { flash_fwd_sm90_kernel<T, D, 64, 2>(fp); });
+    run_sm90_forward(c, o, lse);
     std::vector<T> dq1, dk1, dv1, dq2, dk2, dv2;
     run_sm90_backward(c, o, lse, dq1, dk1, dv1);
     run_sm90_backward(c, o, lse, dq2, dk2, dv2, /*accumulate=*/true);

@@ -69,6 +69,59 @@ constexpr int bwd_smem_bytes() {
          4 * BM * static_cast<int>(sizeof(float));
 }
 
+// The query blocks a backward block streams, one step ahead of the math: Q and dO by cp.async into
+// one of two buffers (one commit group per block), and their rows' lse (base 2) and D, read into
+// registers by one thread per row and stored beside the buffers later (store_stats), when their
+// slot's readers are done. Both backward kernels (strips and tiles) use it.
+template <typename T, int BM, int D, int THREADS>
+struct QBlockStream {
+  T *sQ2, *sdO2;          // 2 × [BM][D] each
+  float *sLse2, *sDsum2;  // 2 × [BM] each
+  const BwdParams<T>* p;
+  SeqRows sr;
+  int h, tid;
+  int64_t rs;
+  float next_lse = INFINITY, next_dsum = 0.f;
+
+  MH_FLASH_FN void load(int m0, int buf) const {
+    const int q_here = imin(BM, sr.len_q - m0);
+    load_tile<BM, D, THREADS>(sQ2 + buf * BM * D, p->q + (sr.q0 + m0) * rs + h * D, rs, q_here,
+                              p->q, tid);
+    load_tile<BM, D, THREADS>(sdO2 + buf * BM * D, p->dout + (sr.q0 + m0) * rs + h * D, rs, q_here,
+                              p->dout, tid);
+    cp_async_commit();
+  }
+  MH_FLASH_FN void read_stats(int m0) {
+    const int64_t at = h * p->total_q + sr.q0 + m0 + tid;
+    const bool ok = tid < BM && m0 + tid < sr.len_q;
+    next_lse = ok ? p->lse[at] * kLog2e : INFINITY;
+    next_dsum = ok ? p->dsum[at] : 0.f;
+  }
+  MH_FLASH_FN void store_stats(int buf) const {
+    if (tid < BM) {
+      sLse2[buf * BM + tid] = next_lse;
+      sDsum2[buf * BM + tid] = next_dsum;
+    }
+  }
+};
+
+// Row half r (accumulator elements 2r, 2r + 1) of N dQ column tiles of 8, at element `at`: stored
+// rounded where the block holds every key of the sequence (dq_direct: dQ is complete), else added
+// to the fp32 accumulator, which blocks of the sequence's other keys add to as well.
+template <typename T, int N>
+MH_FLASH_FN void put_dq_row(const BwdParams<T>& p, int64_t at, const float (&acc)[N][4], int r) {
+  if (p.dq_direct) {
+#pragma unroll
+    for (int dt = 0; dt < N; ++dt)
+      *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
+          pack2<T>(acc[dt][2 * r], acc[dt][2 * r + 1]);
+  } else {
+#pragma unroll
+    for (int dt = 0; dt < N; ++dt)
+      atomic_add2(p.dq_acc + at + dt * 8, acc[dt][2 * r], acc[dt][2 * r + 1]);
+  }
+}
+
 // --- 2. the main kernel --------------------------------------------------------------------------
 template <typename T, int D, int BN = kBwdBN, int BM = kBwdBMOf<D>>
 MH_FLASH_KERNEL(bwd_threads(BN))
@@ -113,33 +166,11 @@ flash_bwd_kernel(const BwdParams<T> p) {
     // Causal: query i sees key j only if j <= i, so query blocks before n0 see none of these.
     const int m_begin = p.causal ? (n0 / kBM) * kBM : 0;
     const int key_lo = n0 + warp * 16 + g, key_hi = key_lo + 8;  // this lane's two keys
-    // Query block m0's Q and dO into buffer `buf` (cp.async, one group); its lse and D are read
-    // into registers by one thread per row, stored to shared memory by store_stats.
-    auto load_q_block = [&](int m0, int buf) {
-      const int q_here = imin(kBM, sr.len_q - m0);
-      load_tile<kBM, D, kThreads>(sQ2 + buf * kBM * D, p.q + (sr.q0 + m0) * rs + h * D, rs, q_here,
-                                  p.q, tid);
-      load_tile<kBM, D, kThreads>(sdO2 + buf * kBM * D, p.dout + (sr.q0 + m0) * rs + h * D, rs,
-                                  q_here, p.dout, tid);
-      cp_async_commit();
-    };
-    float next_lse = INFINITY, next_dsum = 0.f;
-    auto read_stats = [&](int m0) {
-      const int64_t at = h * p.total_q + sr.q0 + m0 + tid;
-      const bool ok = tid < kBM && m0 + tid < sr.len_q;
-      next_lse = ok ? p.lse[at] * kLog2e : INFINITY;
-      next_dsum = ok ? p.dsum[at] : 0.f;
-    };
-    auto store_stats = [&](int buf) {
-      if (tid < kBM) {
-        sLse2[buf * kBM + tid] = next_lse;
-        sDsum2[buf * kBM + tid] = next_dsum;
-      }
-    };
+    QBlockStream<T, kBM, D, kThreads> qs{sQ2, sdO2, sLse2, sDsum2, &p, sr, h, tid, rs};
     if (m_begin < sr.len_q) {
-      load_q_block(m_begin, 0);
-      read_stats(m_begin);
-      store_stats(0);
+      qs.load(m_begin, 0);
+      qs.read_stats(m_begin);
+      qs.store_stats(0);
     }
     // Software pipeline: while one query block is computed on, the next one's Q, dO, lse and D
     // are on their way (the loads used to be waited for at every step, with 8 warps per SM to
@@ -152,8 +183,8 @@ flash_bwd_kernel(const BwdParams<T> p) {
       const bool more = m0 + kBM < sr.len_q;
       if (more) {
         // Buffer cur ^ 1 was last read before the previous step's second barrier.
-        load_q_block(m0 + kBM, cur ^ 1);
-        read_stats(m0 + kBM);
+        qs.load(m0 + kBM, cur ^ 1);
+        qs.read_stats(m0 + kBM);
         cp_async_wait_group<1>();  // everything but that prefetch: K, V and this block
       } else {
         cp_async_wait_all();
@@ -286,21 +317,11 @@ flash_bwd_kernel(const BwdParams<T> p) {
       for (int r = 0; r < 2; ++r) {
         const int ql = qr0 + g + 8 * r;
         if (ql >= q_here) continue;
-        const int64_t at = (sr.q0 + m0 + ql) * rs + h * D + d0 + 2 * t4;
-        if (p.dq_direct) {  // this block holds every key of the sequence: dQ is complete
-#pragma unroll
-          for (int dt = 0; dt < DW / 8; ++dt)
-            *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
-                pack2<T>(dq[dt][2 * r], dq[dt][2 * r + 1]);
-        } else {  // blocks of the sequence's other keys add to the same rows
-#pragma unroll
-          for (int dt = 0; dt < DW / 8; ++dt)
-            atomic_add2(p.dq_acc + at + dt * 8, dq[dt][2 * r], dq[dt][2 * r + 1]);
-        }
+        put_dq_row<T>(p, (sr.q0 + m0 + ql) * rs + h * D + d0 + 2 * t4, dq, r);
       }
       // Read by the next step, after its first barrier; read last before the second barrier of the
       // previous step.
-      if (more) store_stats(cur ^ 1);
+      if (more) qs.store_stats(cur ^ 1);
     }
     // Causal keys that no query sees ran no step: their K/V group is still in flight, and a
     // block must not exit with copies into its shared memory pending. (A no-op otherwise.)
@@ -385,31 +406,11 @@ flash_bwd_tiles_kernel(const BwdParams<T> p) {
     load_tile<BN, D, kThreads>(sV, vg, rs, sr.len_k - n0, p.v, tid);
     cp_async_commit();
     const int m_begin = p.causal ? (n0 / BM) * BM : 0;
-    auto load_q_block = [&](int m0, int buf) {
-      const int q_here = imin(BM, sr.len_q - m0);
-      load_tile<BM, D, kThreads>(sQ2 + buf * BM * D, p.q + (sr.q0 + m0) * rs + h * D, rs, q_here,
-                                 p.q, tid);
-      load_tile<BM, D, kThreads>(sdO2 + buf * BM * D, p.dout + (sr.q0 + m0) * rs + h * D, rs,
-                                 q_here, p.dout, tid);
-      cp_async_commit();
-    };
-    float next_lse = INFINITY, next_dsum = 0.f;
-    auto read_stats = [&](int m0) {
-      const int64_t at = h * p.total_q + sr.q0 + m0 + tid;
-      const bool ok = tid < BM && m0 + tid < sr.len_q;
-      next_lse = ok ? p.lse[at] * kLog2e : INFINITY;
-      next_dsum = ok ? p.dsum[at] : 0.f;
-    };
-    auto store_stats = [&](int buf) {
-      if (tid < BM) {
-        sLse2[buf * BM + tid] = next_lse;
-        sDsum2[buf * BM + tid] = next_dsum;
-      }
-    };
+    QBlockStream<T, BM, D, kThreads> qs{sQ2, sdO2, sLse2, sDsum2, &p, sr, h, tid, rs};
     if (m_begin < sr.len_q) {
-      load_q_block(m_begin, 0);
-      read_stats(m_begin);
-      store_stats(0);
+      qs.load(m_begin, 0);
+      qs.read_stats(m_begin);
+      qs.store_stats(0);
     }
     // Two barriers per step. The next query block's copies start after the first: this step's
     // buffers were last read (dK's Q, dV's dO) after the previous step's second barrier.
@@ -419,8 +420,8 @@ flash_bwd_tiles_kernel(const BwdParams<T> p) {
       cp_async_wait_all();
       block_sync();
       if (more) {
-        load_q_block(m0 + BM, cur ^ 1);
-        read_stats(m0 + BM);
+        qs.load(m0 + BM, cur ^ 1);
+        qs.read_stats(m0 + BM);
       }
       const T* sQ = sQ2 + cur * BM * D;
       const T* sdO = sdO2 + cur * BM * D;
@@ -588,20 +589,10 @@ flash_bwd_tiles_kernel(const BwdParams<T> p) {
         for (int r = 0; r < 2; ++r) {
           const int ql = w4 * 32 + mi * 16 + g + 8 * r;
           if (ql >= q_here) continue;
-          const int64_t at = (sr.q0 + m0 + ql) * rs + h * D + wd * 32 + 2 * t4;
-          if (p.dq_direct) {  // this block holds every key of the sequence: dQ is complete
-#pragma unroll
-            for (int dt = 0; dt < 4; ++dt)
-              *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
-                  pack2<T>(dq[mi][dt][2 * r], dq[mi][dt][2 * r + 1]);
-          } else {
-#pragma unroll
-            for (int dt = 0; dt < 4; ++dt)
-              atomic_add2(p.dq_acc + at + dt * 8, dq[mi][dt][2 * r], dq[mi][dt][2 * r + 1]);
-          }
+          put_dq_row<T>(p, (sr.q0 + m0 + ql) * rs + h * D + wd * 32 + 2 * t4, dq[mi], r);
         }
       // Read by the next step, after its first barrier; read last before this step's second.
-      if (more) store_stats(cur ^ 1);
+      if (more) qs.store_stats(cur ^ 1);
     }
     cp_async_wait_all();  // causal keys no query sees ran no step: their copies are in flight
   }
