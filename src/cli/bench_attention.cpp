@@ -27,6 +27,7 @@
 #include "backend/cuda/cuda_available.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/stream_deadline.h"
 #endif
 
 namespace mh::cli {
@@ -152,9 +153,17 @@ double median(std::vector<double> v) {
 }
 
 // Runs fwd then bwd `warmup` times, then `iters` times between events on `s`; median per pass.
-Times time_fwd_bwd(const std::function<void()>& fwd, const std::function<void()>& bwd,
-                   int64_t warmup, int64_t iters, cudaStream_t s) {
-  for (int64_t i = 0; i < warmup; ++i) fwd(), bwd();
+// The first warm-up's passes are each waited for with a deadline (stream_deadline.h), so that a
+// kernel that hangs ends the run naming `what` and the pass, instead of stalling it unnamed.
+Times time_fwd_bwd(const std::string& what, const std::function<void()>& fwd,
+                   const std::function<void()>& bwd, int64_t warmup, int64_t iters,
+                   cudaStream_t s) {
+  for (int64_t i = 0; i < warmup; ++i) {
+    fwd();
+    if (i == 0) MH_CUDA_CHECK(cuda::sync_within(s, (what + ": forward").c_str()));
+    bwd();
+    if (i == 0) MH_CUDA_CHECK(cuda::sync_within(s, (what + ": backward").c_str()));
+  }
   std::vector<cudaEvent_t> ev(static_cast<size_t>(3 * iters));
   for (cudaEvent_t& e : ev) MH_CUDA_CHECK(cudaEventCreate(&e));
   for (int64_t i = 0; i < iters; ++i) {
@@ -164,7 +173,7 @@ Times time_fwd_bwd(const std::function<void()>& fwd, const std::function<void()>
     bwd();
     MH_CUDA_CHECK(cudaEventRecord(ev[3 * i + 2], s));
   }
-  MH_CUDA_CHECK(cudaStreamSynchronize(s));
+  MH_CUDA_CHECK(cuda::sync_within(s, what.c_str(), 60));
   std::vector<double> f, b, fb;
   for (int64_t i = 0; i < iters; ++i) {
     float a = 0, c = 0;
@@ -259,6 +268,9 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
     if (std::find(notes.begin(), notes.end(), n) == notes.end()) notes.push_back(n);
   };
   // One implementation; a failure is reported and leaves its column empty (the exit status says).
+  // "hopper bf16 sweep d 64 L 2048 causal": names a problem in a deadline's message.
+  const std::string where = str(st.dtype_label, " ", form_name(pr.form), " d ", pr.head_dim, " L ",
+                                pr.max_len, pr.causal ? " causal" : "");
   const auto attempt = [&](const char* impl, const std::function<Times()>& fn) {
     try {
       return fn();
@@ -277,9 +289,10 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
       r.custom = attempt("custom", [&] {
         const size_t bytes = cuda::flash_attention_bwd_workspace(p);
         b.workspace = be.empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::f32);
-        return time_fwd_bwd([&] { cuda::flash_attention_fwd(p, fio, s); },
-                            [&] { cuda::flash_attention_bwd(p, bio, b.workspace.raw(), s); },
-                            st.warmup, st.iters, s);
+        return time_fwd_bwd(
+            "custom " + where, [&] { cuda::flash_attention_fwd(p, fio, s); },
+            [&] { cuda::flash_attention_bwd(p, bio, b.workspace.raw(), s); }, st.warmup, st.iters,
+            s);
       });
     } else {
       note("custom: " + why);
@@ -292,8 +305,9 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
         note("cudnn: " + why);
         return Times{};
       }
-      return time_fwd_bwd([&] { sdpa.fwd(p, fio, s); }, [&] { sdpa.bwd(p, bio, s); }, st.warmup,
-                          st.iters, s);
+      return time_fwd_bwd(
+          "cudnn " + where, [&] { sdpa.fwd(p, fio, s); }, [&] { sdpa.bwd(p, bio, s); }, st.warmup,
+          st.iters, s);
     });
   }
   if (st.run_hopper) {
@@ -301,9 +315,10 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
       r.hopper = attempt("hopper", [&] {
         const size_t bytes = cuda::flash_attention_bwd_workspace(p);
         b.workspace = be.empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::f32);
-        return time_fwd_bwd([&] { cuda::flash_attention_fwd_sm90(p, fio, s); },
-                            [&] { cuda::flash_attention_bwd_sm90(p, bio, b.workspace.raw(), s); },
-                            st.warmup, st.iters, s);
+        return time_fwd_bwd(
+            "hopper " + where, [&] { cuda::flash_attention_fwd_sm90(p, fio, s); },
+            [&] { cuda::flash_attention_bwd_sm90(p, bio, b.workspace.raw(), s); }, st.warmup,
+            st.iters, s);
       });
     } else {
       r.hopper_na = true;
@@ -333,7 +348,7 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
       AttnSaved saved;
       r.naive = attempt("naive", [&] {
         return time_fwd_bwd(
-            [&] { be.attention_fwd(a, b.q, b.k, b.v, b.o, saved); },
+            "naive " + where, [&] { be.attention_fwd(a, b.q, b.k, b.v, b.o, saved); },
             [&] { be.attention_bwd(a, b.dout, b.q, b.k, b.v, saved, b.dq, b.dk, b.dv); }, st.warmup,
             st.iters, s);
       });

@@ -27,6 +27,7 @@
 #include "backend/cuda/attention/cudnn_sdpa.h"
 #include "backend/cuda/cuda_available.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/stream_deadline.h"
 #include "gpu_test_util.h"
 
 namespace mh::attention_test {
@@ -34,6 +35,7 @@ namespace mh::attention_test {
 constexpr DType F64 = DType::f64, F32 = DType::f32, BF16 = DType::bf16, F16 = DType::f16;
 constexpr double kTol = 1e-2;
 
+using cuda::sync_within;
 using gpu_test::cpu;
 using gpu_test::gpu;
 
@@ -266,6 +268,9 @@ inline void run_flash(const cuda::AttnProblem& p, const Inputs& in, Outputs& r,
     cuda::flash_attention_fwd_sm90(p, fio, s);
   else
     cuda::flash_attention_fwd(p, fio, s);
+  // Each pass waited for on its own, so that a hang names the kernel.
+  ASSERT_EQ(sync_within(s, hopper ? "flash_attention_fwd_sm90" : "flash_attention_fwd"),
+            cudaSuccess);
   const size_t bytes = cuda::flash_attention_bwd_workspace(p);
   Tensor ws = gpu().empty({static_cast<int64_t>((bytes + 3) / 4)}, F32);
   poison(ws);  // the kernels must initialize what they accumulate into
@@ -275,7 +280,8 @@ inline void run_flash(const cuda::AttnProblem& p, const Inputs& in, Outputs& r,
     cuda::flash_attention_bwd_sm90(p, bio, ws.raw(), s);
   else
     cuda::flash_attention_bwd(p, bio, ws.raw(), s);
-  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  ASSERT_EQ(sync_within(s, hopper ? "flash_attention_bwd_sm90" : "flash_attention_bwd"),
+            cudaSuccess);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   r.o = to_host(o);
   r.lse = to_host(lse);
@@ -294,8 +300,9 @@ inline void run_backend(const AttnArgs& a, DType t, const Inputs& in, Outputs& r
   AttnSaved saved;
   gpu().attention_fwd(a, q, k, v, o, saved);
   *ran = saved.ran;
+  ASSERT_EQ(sync_within(gpu().compute_stream(), "CudaBackend::attention_fwd"), cudaSuccess);
   gpu().attention_bwd(a, dout, q, k, v, saved, dq, dk, dv);
-  ASSERT_EQ(cudaStreamSynchronize(gpu().compute_stream()), cudaSuccess);
+  ASSERT_EQ(sync_within(gpu().compute_stream(), "CudaBackend::attention_bwd"), cudaSuccess);
   r.o = to_host(o);
   r.dq = to_host(dq);
   r.dk = to_host(dk);

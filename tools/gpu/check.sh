@@ -14,6 +14,9 @@
 #   last.
 # Everything finishes inside MH_CHECK_BUDGET seconds (default 450, under the 8 minutes asked):
 # each step's timeout is cut to what is left, and a step with under 10 s left is skipped.
+# A partial rerun (what is left of the device time after a fix): MH_CHECK_STEPS, an extended
+# regular expression, runs only the steps whose names it matches (e.g. 'ctest_gpu|hopper'), and
+# MH_CHECK_TESTS one narrows the gpu tests (ctest -R, e.g. '[Hh]opper').
 # Without a GPU it says so and still checks the payload: unpacking, the library paths, and
 # multihead from the payload in a clean environment (env -i), the gpu tests (which skip) and MPI.
 #
@@ -44,6 +47,7 @@ PY=${MH_PYTHON:-python3}
 PAYLOAD=${MH_PAYLOAD:-tools/gpu/payload.tar.xz}
 T0=$(date +%s)
 SUMMARY=()  # "step|status|seconds|note"
+UNSELECTED=()  # steps MH_CHECK_STEPS left out
 RESULTS="$OUTDIR/results.jsonl"
 : >"$RESULTS"
 
@@ -85,6 +89,10 @@ left() { echo $((BUDGET - ($(date +%s) - T0))); }
 step() {
   local name=$1 max=$2
   shift 2
+  if [[ -n "${MH_CHECK_STEPS:-}" && ! "$name" =~ $MH_CHECK_STEPS ]]; then
+    UNSELECTED+=("$name")
+    return 0
+  fi
   local l t rc s0
   l=$(left)
   if ((l - 10 < 10)); then
@@ -112,6 +120,33 @@ step() {
   ((rc == 124 || rc == 137)) && status=TIMEOUT
   ((rc != 0 && rc != 124 && rc != 137)) && status="FAIL($rc)"
   SUMMARY+=("$name|$status|$dt|")
+  return 0
+}
+
+# The Hopper kernels have a step of their own each (a fault loses the CUDA context of its process
+# only). A hang ends its process after 20 s (stream_deadline.h: "... did not finish within"), and
+# every later step would hang the same way: hopper_step skips them then. KIND plain: the steps
+# that run the plain forward and the backward every Hopper step shares; overlap: the overlapped
+# forward's. A hang in a backward, or in a plain step, stops both kinds; one in the overlapped
+# forward, only its own.
+declare -A HOPPER_HUNG # kind (plain, overlap) -> the step that hung
+hopper_step() {
+  local kind=$1 name=$2
+  shift
+  local hung=${HOPPER_HUNG[plain]:-}
+  [[ $kind == overlap && -z "$hung" ]] && hung=${HOPPER_HUNG[overlap]:-}
+  if [[ -n "$hung" ]]; then
+    say "$name: SKIPPED (a Hopper kernel hung in $hung)"
+    SUMMARY+=("$name|skipped|0|Hopper kernel hung in $hung")
+    return 0
+  fi
+  step "$@"
+  local msg scope=plain
+  msg=$(grep -m1 'did not finish within' "$LOGS/$name.log" 2>/dev/null) || return 0
+  [[ $kind == overlap && $msg != *backward* ]] && scope=overlap
+  HOPPER_HUNG[$scope]=$name
+  say "$name: hung ($msg): the later $([[ $scope == overlap ]] && echo 'overlap-forward' ||
+    echo 'Hopper') steps skip"
   return 0
 }
 
@@ -250,7 +285,7 @@ if command -v ctest >/dev/null; then
   # -j 6: the ~130 gpu tests are separate processes (backend set-up, cuDNN graph builds) that
   # share the GPU well; one at a time they could outlast the step's time.
   TAIL_LINES=15 step ctest_gpu 200 "${MHENV[@]}" ctest --test-dir "$BUILD" -L gpu -j 6 \
-    --output-on-failure --timeout 120 --no-tests=error
+    ${MH_CHECK_TESTS:+-R "$MH_CHECK_TESTS"} --output-on-failure --timeout 120 --no-tests=error
 else
   say "no ctest on PATH: the gpu tests' binaries one by one, without ctest's arguments"
   while read -r b; do
@@ -286,14 +321,14 @@ if ((HAVE_GPU)); then
   # The hopper column in a process of its own: its backward (flash_bwd_sm90) is new on a GPU, and
   # a fault there (the CUDA context is then lost) or a hang (the step's timeout ends it) must not
   # cost the other columns. n/a off sm_90.
-  step mh_attention_hopper 40 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}" --impl hopper
+  hopper_step plain mh_attention_hopper 40 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}" --impl hopper
   # and its forward with one consumer warpgroup (64 query rows) per block: the summary's "hopWG1"
   # column (the translation batch's short sentences leave a 128-row block half idle).
-  step mh_attention_hopper_wg1 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=1 "$MH" bench attention \
+  hopper_step plain mh_attention_hopper_wg1 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=1 "$MH" bench attention \
     "${ATTN_ARGS[@]}" --impl hopper
   # and the overlapped Hopper forward (FlashAttention-3's intra-warpgroup overlap, 128-key tiles,
   # setmaxnreg; new on a GPU, hence a process of its own): the summary's "hopOVL" column.
-  step mh_attention_hopper_ovl 30 "${MHENV[@]}" MH_HOPPER_FWD=overlap "$MH" bench attention \
+  hopper_step overlap mh_attention_hopper_ovl 30 "${MHENV[@]}" MH_HOPPER_FWD=overlap "$MH" bench attention \
     "${ATTN_ARGS[@]}" --impl hopper
   # custom alone again with flash_bwd's other head_dim-64 tiling (128 keys, 8 warps per block):
   # the summary's "cus128" column, to choose the default from a measurement.
@@ -317,7 +352,7 @@ if ((HAVE_GPU)); then
   for dt in bf16 fp16; do
     step "mh_attention_full_$dt" 75 "${MHENV[@]}" "$MH" bench attention --dtype "$dt" \
       "${ATTN_FULL[@]}" --impl custom,cudnn
-    step "mh_hopper_full_$dt" 45 "${MHENV[@]}" "$MH" bench attention --dtype "$dt" \
+    hopper_step plain "mh_hopper_full_$dt" 45 "${MHENV[@]}" "$MH" bench attention --dtype "$dt" \
       "${ATTN_FULL[@]}" --impl hopper
     step "torch_attention_full_$dt" 60 "$PY" tools/bench/torch_attention_peer.py --dtype "$dt" \
       "${ATTN_FULL[@]}"
@@ -338,7 +373,9 @@ if ((HAVE_GPU)); then
       hopper_bwd:flash_bwd_sm90_kernel:hopper:MH_HOPPER_FWD=plain \
       hopper_fwd_ovl:flash_fwd_sm90_kernel:hopper:MH_HOPPER_FWD=overlap; do
       IFS=: read -r name kern impl knob <<<"$spec"
-      TAIL_LINES=40 step "ncu_flash_$name" 45 "${MHENV[@]}" "$knob" "$NCU" --clock-control none \
+      run=(step)
+      [[ $impl == hopper ]] && run=(hopper_step "$([[ $knob == *overlap ]] && echo overlap || echo plain)")
+      TAIL_LINES=40 "${run[@]}" "ncu_flash_$name" 45 "${MHENV[@]}" "$knob" "$NCU" --clock-control none \
         -k "regex:$kern" -c 1 --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats \
@@ -360,6 +397,8 @@ tar -C "$(dirname "$LOGS")" -czf "$OUTDIR/logs.tar.gz" logs
     IFS='|' read -r n s d note <<<"$row"
     printf '%-22s %-12s %6s  %s\n' "$n" "$s" "$d" "$note"
   done
+  ((${#UNSELECTED[@]})) && echo "not selected (MH_CHECK_STEPS=$MH_CHECK_STEPS): ${UNSELECTED[*]}"
+  [[ -n "${MH_CHECK_TESTS:-}" ]] && echo "gpu tests narrowed to ctest -R '$MH_CHECK_TESTS'"
   echo
   "$PY" - "$RESULTS" "$OUTDIR/attention_full.txt" <<'EOF'
 import json, sys
