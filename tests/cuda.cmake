@@ -41,3 +41,8 @@ gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hoppe
 gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_overlap."
                      TEST_FILTER "Attention/HopperLaunchers.*"
                      PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD=overlap)
+# ... and with three consumer warpgroups (MH_HOPPER_FWD_WG=3 selects the overlapped form; 192-row
+# blocks at head_dim 64, 128 keeps two).
+gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_overlap3."
+                     TEST_FILTER "Attention/HopperLaunchers.*"
+                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD_WG=3)

@@ -71,8 +71,9 @@ const char* const kBenchAttentionDetails =
     "  MH_HOPPER_FWD=plain|overlap   plain: S, softmax, O += P V in turn, 64-key tiles (default);\n"
     "                                overlap: FlashAttention-3's intra-warpgroup overlap, 128 "
     "keys\n"
-    "  MH_HOPPER_FWD_WG=1|2          plain: consumer warpgroups (64 query rows each) per block "
-    "(2)\n";
+    "  MH_HOPPER_FWD_WG=1|2|3        consumer warpgroups (64 query rows each) per block: plain\n"
+    "                                1 or 2 (2), overlap 2 (default) or 3 (head_dim 64; 3 alone\n"
+    "                                selects overlap)\n";
 
 int bench_attention(int argc, char** argv);
 

@@ -508,6 +508,28 @@ TEST(FlashSm90Emu, OverlappedForward) {
       {"overlap d128 causal Lq>Lk dropout", 1, {260}, {140}, true, 0.1f, true}, 53);
 }
 
+// The overlapped forward with three consumer warpgroups (MH_HOPPER_FWD_WG=3, head_dim 64): 192-row
+// blocks, so the causal diagonal crosses 128-key tiles mid-tile, and a last block only partly
+// filled; the third warpgroup late in turn.
+TEST(FlashSm90Emu, OverlappedForwardThreeWarpgroups) {
+  run_case<__nv_bfloat16, 64, 128, 3, true>({"overlap 3 warpgroups causal packed dropout",
+                                             1,
+                                             {450, 5, 200},
+                                             {450, 5, 200},
+                                             true,
+                                             0.2f,
+                                             true},
+                                            56);
+  run_case<__half, 64, 128, 3, true>(
+      {"overlap 3 warpgroups padded cross", 1, {200, 200}, {300, 129}, false, 0, false}, 57);
+  struct Reset {
+    ~Reset() { emu::delayed_warpgroup = -1; }
+  } reset;
+  emu::delayed_warpgroup = 2;
+  run_case<__nv_bfloat16, 64, 128, 3, true>(
+      {"overlap 3 warpgroups, the third late", 1, {200}, {300}, true, 0, false}, 58);
+}
+
 // The overlapped forward with each consumer warpgroup in turn running late.
 TEST(FlashSm90Emu, OverlappedForwardWarpgroupsOutOfStep) {
   struct Reset {

@@ -330,6 +330,10 @@ if ((HAVE_GPU)); then
   # setmaxnreg; new on a GPU, hence a process of its own): the summary's "hopOVL" column.
   hopper_step overlap mh_attention_hopper_ovl 30 "${MHENV[@]}" MH_HOPPER_FWD=overlap "$MH" bench attention \
     "${ATTN_ARGS[@]}" --impl hopper
+  # and with three consumer warpgroups (192-row blocks, FlashAttention-3's head_dim-64 tile):
+  # the summary's "hopOV3" column.
+  hopper_step overlap mh_attention_hopper_ovl3 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=3 "$MH" bench \
+    attention "${ATTN_ARGS[@]}" --impl hopper
   # custom alone again with flash_bwd's other head_dim-64 tiling (128 keys, 8 warps per block):
   # the summary's "cus128" column, to choose the default from a measurement.
   step mh_attention_k128 30 "${MHENV[@]}" MH_FLASH_BWD_KEYS=128 "$MH" bench attention \
@@ -467,10 +471,11 @@ ktiles = {key(r): r for r in rows if r.get("step") == "mh_attention_bwd_tiles"}
 hop = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper"}
 hop1 = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_wg1"}
 hopo = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_ovl"}
+hopo3 = {key(r): r for r in rows if r.get("step") == "mh_attention_hopper_ovl3"}
 if mh_att or pt_att:
     print(f"\n{'attention bf16 d64':26s} {'custom':>7s} {'torch':>7s} {'cudnn':>7s}"
           f" {'naive':>7s} {'hopper':>7s} {'cus/torch':>9s} {'cus/cudnn':>9s} {'cus128':>7s}"
-          f" {'hop/torch':>9s} {'hopWG1':>7s} {'hopOVL':>7s} {'cusT':>7s}"
+          f" {'hop/torch':>9s} {'hopWG1':>7s} {'hopOVL':>7s} {'hopOV3':>7s} {'cusT':>7s}"
           f"  TFLOP/s")
     for k in sorted(set(mh_att) | set(pt_att), key=lambda k: (k[0] != "sweep", k[0], k[3], k[4],
                                                              k[5] != "fwd")):
@@ -488,6 +493,7 @@ if mh_att or pt_att:
               f" {ratio(c, tt):>9s} {ratio(c, d):>9s} {f(c128):>7s} {ratio(h, tt):>9s}"
               f" {f(hop1.get(k, {}).get('hopper_tflops')):>7s}"
               f" {f(hopo.get(k, {}).get('hopper_tflops')):>7s}"
+              f" {f(hopo3.get(k, {}).get('hopper_tflops')):>7s}"
               f" {f(ktiles.get(k, {}).get('custom_tflops')):>7s}")
 # custom's forward with each tiling (rows x keys), beside PyTorch's flash forward.
 tiles = ["64x64", "64x128", "128x64", "128x128"]
@@ -520,7 +526,7 @@ def knob(label, base, var, col, pass_):
         if g:
             print(f"  {label:44s} {pass_:3s} {region:8s} x{g:.2f} (min {min(rs):.2f},"
                   f" max {max(rs):.2f}, {len(rs)} rows)")
-if mh_att and (k128 or ktiles or hop1 or hopo or any(by_tile[t] for t in tiles[1:])):
+if mh_att and (k128 or ktiles or hop1 or hopo or hopo3 or any(by_tile[t] for t in tiles[1:])):
     print("\ntuning knobs, variant / default (geometric mean; > 1: the variant is faster)")
     knob("MH_FLASH_BWD_KEYS=128 / 64", mh_att, k128, "custom_tflops", "bwd")
     knob("MH_FLASH_BWD=tiles / strips", mh_att, ktiles, "custom_tflops", "bwd")
@@ -528,10 +534,13 @@ if mh_att and (k128 or ktiles or hop1 or hopo or any(by_tile[t] for t in tiles[1
         knob(f"MH_FLASH_FWD_TILE={t} / 64x64", mh_att, by_tile[t], "custom_tflops", "fwd")
     knob("MH_HOPPER_FWD_WG=1 / 2", hop, hop1, "hopper_tflops", "fwd")
     knob("MH_HOPPER_FWD=overlap / plain", hop, hopo, "hopper_tflops", "fwd")
+    knob("overlap MH_HOPPER_FWD_WG=3 / 2", hopo, hopo3, "hopper_tflops", "fwd")
     hop_as_custom = {k: {"custom_tflops": r.get("hopper_tflops")} for k, r in hop.items()}
     knob("hopper backward / custom backward", mh_att, hop_as_custom, "custom_tflops", "bwd")
     hopo_as_custom = {k: {"custom_tflops": r.get("hopper_tflops")} for k, r in hopo.items()}
     knob("hopper overlap forward / custom forward", mh_att, hopo_as_custom, "custom_tflops", "fwd")
+    hopo3_as_custom = {k: {"custom_tflops": r.get("hopper_tflops")} for k, r in hopo3.items()}
+    knob("hopper overlap, 3 wg / custom forward", mh_att, hopo3_as_custom, "custom_tflops", "fwd")
 # The full sweep: every row into attention_full.txt; here custom / torch flash per dtype,
 # head_dim, mask and pass at L >= 1024 (the issue's target range), as min-max.
 mh_full = {key(r): r for r in rows if str(r.get("step", "")).startswith("mh_attention_full_")}

@@ -23,7 +23,11 @@
 //     warpgroup computes the softmax of tile n (whose S it issued just before). 128-key tiles;
 //     a producer warpgroup gives up its registers (setmaxnreg 40) to the consumers (232), which
 //     hold S of tile n (fp32) and P of tile n − 1 (16-bit) at once; the scale is folded into the
-//     exponent's FMA, exp2 is one MUFU. 3 stages of K/V at head_dim 64, 2 at 128.
+//     exponent's FMA, exp2 is one MUFU. 3 stages of K/V at head_dim 64, 2 at 128. At head_dim 64
+//     also with three consumer warpgroups (MH_HOPPER_FWD_WG=3: 192-row blocks, 32 / 160
+//     registers), the tile FlashAttention-3 takes for head_dim 64: there the exponentials cost
+//     as much as the MMAs, and a third warpgroup per SM has more of them to interleave; the
+//     consumers needed at most 160 registers anyway (SASS below).
 //
 // Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), no spills,
 // 2 hardware barriers (__syncthreads and the consumers' named barrier):
@@ -40,7 +44,14 @@
 //     head_dim 64: 3 stages, 115768 bytes dynamic shared memory (Q 16 KiB, 3 × (K, V) 96 KiB);
 //     head_dim 128: 2 stages, 164904 bytes (Q 32 KiB, 2 × (K, V) 128 KiB).
 //     SASS: HGMMA.64x128x16 for S, 64xDx16 for O += P V, one WARPGROUP.DEPBAR.LE gsb0, 0x1 (the
-//     wait for S while O += P V runs), USETMAXREG; no LDL/STL.
+//     wait for S while O += P V runs), USETMAXREG; no LDL/STL. The consumers' code at head_dim
+//     64 names registers up to R159 (of 232), at 128 up to R191.
+//   overlap, 3 consumer warpgroups + 1 producer warpgroup (512 threads, BM = 192, BN = 128,
+//     head_dim 64 only; MH_HOPPER_FWD_WG=3, 2026-11-29, emulator-checked, not yet run on a GPU):
+//     128 registers at launch (64 Ki / 512), then 160 per consumer and 32 per producer thread
+//     (USETMAXREG 0xa0 / 0x20, FlashAttention-3's split for three consumer warpgroups); the
+//     consumers' code names up to R153, no LDL/STL; 3 stages, 123960 bytes dynamic shared
+//     memory (Q 24 KiB, 3 × (K, V) 96 KiB).
 // (dynamic shared memory = Sm90Fwd::kSmemBytes, including 1 KiB of alignment slack and the
 // mbarriers). The plain form with BN = 128 spilled (168 registers, ptxas caps 288-thread blocks
 // there: 136-424 bytes of stack), hence its BN = 64. The sm_80 pass compiles a 4-register stub
@@ -85,9 +96,12 @@ void launch(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
 //     MH_HOPPER_FWD_WG consumer warpgroups (64 query rows each) per block: 2 by default, 1 for
 //     the translation batch, whose sentences of 64 tokens or fewer leave a 128-row block's second
 //     warpgroup idle (there this kernel ran slower than custom's 64-row one).
-//   MH_HOPPER_FWD=overlap: FlashAttention-3's intra-warpgroup overlap, 128-key tiles, two
-//     consumer warpgroups and a producer warpgroup that gives them its registers.
-enum class FwdForm { plain1, plain2, overlap };
+//   MH_HOPPER_FWD=overlap: FlashAttention-3's intra-warpgroup overlap, 128-key tiles, a producer
+//     warpgroup that gives the consumers its registers, and MH_HOPPER_FWD_WG consumer warpgroups:
+//     2 by default, or 3 (192-row blocks, 160 registers each: FlashAttention-3's head_dim-64
+//     tile; head_dim 128 keeps 2, its O accumulator does not fit). Only this form has 3, so
+//     MH_HOPPER_FWD_WG=3 alone selects it (one variable: ctest's discovered tests take one).
+enum class FwdForm { plain1, plain2, overlap2, overlap3 };
 FwdForm fwd_form() {
   static const FwdForm form = [] {
     const char* f = std::getenv("MH_HOPPER_FWD");
@@ -95,14 +109,20 @@ FwdForm fwd_form() {
     const std::string fv = f ? f : "", wv = w ? w : "";
     if (!fv.empty() && fv != "plain" && fv != "overlap")
       user_error("MH_HOPPER_FWD=", fv, ": expected plain or overlap (the Hopper forward's form)");
-    if (!wv.empty() && wv != "1" && wv != "2")
+    if (!wv.empty() && wv != "1" && wv != "2" && wv != "3")
       user_error("MH_HOPPER_FWD_WG=", wv,
-                 ": expected 1 or 2 (consumer warpgroups, 64 query rows each, per block)");
+                 ": expected 1, 2 or 3 (consumer warpgroups, 64 query rows each, per block)");
+    if (wv == "3") {
+      if (fv == "plain")
+        user_error("MH_HOPPER_FWD_WG=3 with MH_HOPPER_FWD=plain: expected 1 or 2 (three",
+                   " consumer warpgroups are the overlapped form's)");
+      return FwdForm::overlap3;
+    }
     if (fv == "overlap") {
       if (wv == "1")
-        user_error("MH_HOPPER_FWD_WG=1 with MH_HOPPER_FWD=overlap: the overlapped forward has two",
-                   " consumer warpgroups");
-      return FwdForm::overlap;
+        user_error("MH_HOPPER_FWD_WG=1 with MH_HOPPER_FWD=overlap: expected 2 or 3 (the",
+                   " overlapped forward's consumer warpgroups)");
+      return FwdForm::overlap2;
     }
     return wv == "1" ? FwdForm::plain1 : FwdForm::plain2;
   }();
@@ -116,8 +136,13 @@ void launch_d(const AttnProblem& pr, const AttnFwdIO& io, cudaStream_t s) {
       return launch<T, D, 64, 1, false>(pr, io, s);
     case FwdForm::plain2:
       return launch<T, D, 64, 2, false>(pr, io, s);
-    case FwdForm::overlap:
+    case FwdForm::overlap2:
       return launch<T, D, 128, 2, true>(pr, io, s);
+    case FwdForm::overlap3:
+      if constexpr (D == 64)
+        return launch<T, D, 128, 3, true>(pr, io, s);
+      else
+        return launch<T, D, 128, 2, true>(pr, io, s);
   }
 }
 

@@ -18,12 +18,16 @@ namespace mh::cuda::flash {
 // OVL = true (FlashAttention-3's intra-warpgroup overlap): the softmax of key tile n runs while
 // the tensor cores compute O += P V of tile n − 1; a producer warpgroup gives its registers to
 // the consumers (setmaxnreg), which hold S of tile n in fp32 and P of tile n − 1 in 16 bits.
+// Two consumer warpgroups (128-row blocks), or at head_dim 64 three (192-row blocks: the tile
+// FlashAttention-3 takes there, where the exponentials cost as much as the MMAs and more warps
+// per SM hide more of them; head_dim 128's O accumulator does not fit the 160 registers).
 template <typename T, int D, int BN, int NWG, bool OVL = false>
 struct Sm90Fwd {
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
   static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 (wgmma N)");
-  static_assert(NWG >= 1 && NWG <= 2, "one or two consumer warpgroups");
-  static_assert(!OVL || NWG == 2, "the overlapped form has two consumer warpgroups");
+  static_assert(NWG >= 1 && NWG <= 3, "one to three consumer warpgroups");
+  static_assert(OVL ? NWG >= 2 : NWG <= 2, "plain: 1 or 2 consumer warpgroups; overlap: 2 or 3");
+  static_assert(NWG < 3 || D == 64, "three consumer warpgroups at head_dim 64 only");
   static_assert(sizeof(T) == 2, "16-bit elements");
   static constexpr int kBM = 64 * NWG;
   // The overlapped form releases a stage only after the next tile's S is computed: a third stage
@@ -32,8 +36,9 @@ struct Sm90Fwd {
   static constexpr int kConsumers = 128 * NWG;
   static constexpr int kThreads = 128 * NWG + (OVL ? 128 : 32);  // sm90_fwd_threads
   // Registers (setmaxnreg, OVL only): the producer warpgroup gives up what the consumers take,
-  // 128 · kProducerRegs + 256 · kConsumerRegs <= 64 Ki, from the launch's 168 per thread.
-  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  // 128 · kProducerRegs + 128 · NWG · kConsumerRegs <= 64 Ki, from the launch's 168 (NWG 2) or
+  // 128 (NWG 3) per thread.
+  static constexpr int kProducerRegs = NWG == 3 ? 32 : 40, kConsumerRegs = NWG == 3 ? 160 : 232;
   static constexpr int kCols = D / 64;  // 64-column blocks of a tile (one TMA box each)
   // Byte offsets from the 1024-byte aligned base of dynamic shared memory.
   static constexpr int kQBytes = kBM * D * 2, kTileBytes = BN * D * 2;
