@@ -268,10 +268,10 @@ Row run_problem(CudaBackend& be, const Problem& pr, const Settings& st, const Te
   const auto note = [&](const std::string& n) {
     if (std::find(notes.begin(), notes.end(), n) == notes.end()) notes.push_back(n);
   };
-  // One implementation; a failure is reported and leaves its column empty (the exit status says).
-  // "hopper bf16 sweep d 64 L 2048 causal": names a problem in a deadline's message.
+  // "bf16 sweep d 64 L 2048 causal": the problem, in a deadline's message.
   const std::string where = str(st.dtype_label, " ", form_name(pr.form), " d ", pr.head_dim, " L ",
                                 pr.max_len, pr.causal ? " causal" : "");
+  // One implementation; a failure is reported and leaves its column empty (the exit status says).
   const auto attempt = [&](const char* impl, const std::function<Times()>& fn) {
     try {
       return fn();
