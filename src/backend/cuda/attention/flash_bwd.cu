@@ -22,14 +22,17 @@
 // Problem, layouts, masks and dropout bits: attention_problem.h.
 //
 // Resources of flash_bwd (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads:
-//   head_dim 64  (kBM 64): 254 registers (sm_90a), 250 (sm_80), no spills; 57 KiB shared
-//   head_dim 128 (kBM 32): 255 registers, 4 bytes spilled (sm_90a), 8 bytes (sm_80);
+//   head_dim 64  (kBM 64): 255 registers (sm_90a), 237 (sm_80), no spills; 57 KiB shared
+//   head_dim 128 (kBM 32): 255 registers, no spills (sm_90a), 8 bytes spilled (sm_80);
 //                          68.5 KiB shared
-//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 254 registers (sm_90a), 248
+//   head_dim 64, 128 keys (MH_FLASH_BWD_KEYS=128, 256 threads): 252 registers (sm_90a), 236
 //                          (sm_80), no spills; 81 KiB shared; one block (8 warps) per SM
 // and of flash_bwd_tiles (MH_FLASH_BWD=tiles, head_dim 64, FlashAttention-2's layout: 128 keys ×
-// 128 queries per step, 256 threads): 255 registers (sm_80 and sm_90a), no spills, dropout
+// 128 queries per step, 256 threads): 253 registers (sm_90a), 255 (sm_80), no spills, dropout
 // included; 162 KiB shared (K, V; Q and dO twice; P and dS; lse and D twice); one block per SM.
+//   (2026-11-29: load_tile, which copies the Q and dO blocks, unrolled with constant strides
+//   (flash_common.cuh); the tiles kernel's loop lost 19% of its instructions (sm_90a SASS, the
+//   path without dropout), sm_90a's head_dim-128 kernel its 4 bytes of spill.)
 //   (The dQ store of bwd_dq_direct, a branch on a kernel argument, cost 2 registers and sm_90a's
 //   head_dim-128 kernel 4 bytes of spill; the branch placed outside the row loop spilled more.)
 //   (Steps without a mask to evaluate, all_visible, took 6-9 registers off. Deciding dropout

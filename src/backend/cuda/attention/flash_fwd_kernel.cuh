@@ -46,8 +46,10 @@ constexpr int fwd_smem_bytes() {
 // head_dim-64 forward (128 x 128 tiles, 4 warps). Such a warp reads its Q fragments per k-step,
 // as FlashAttention-2 does (held in registers, they spilled 128x64 on sm_90a: 112 bytes); a warp
 // of 16 rows loads them once.
+// The default head_dim-64 tile keeps 3 blocks per SM (at most 168 registers): unbounded, ptxas
+// took 249 for it once load_tile unrolled (flash_fwd.cu's header).
 template <typename T, int D, int BM = kFwdBM, int BN = kFwdBN, int WM = kFwdWM>
-MH_FLASH_KERNEL(fwd_threads(BM, WM))
+MH_FLASH_KERNEL(fwd_threads(BM, WM), D == 64 && BM == 64 && BN == 64 ? 3 : 1)
 flash_fwd_kernel(const FwdParams<T> p) {
   static_assert(BM % WM == 0 && (WM == 16 || WM == 32) && BN % 16 == 0 && D % 16 == 0,
                 "tiles of 16; 16 or 32 rows per warp");
