@@ -155,29 +155,28 @@ flash_fwd_kernel(const FwdParams<T> p) {
       }
     }
 
-    // Scale into base 2, mask, and the online softmax update of this lane's rows. A tile whose
-    // every key is valid and (causal) at or before the block's first query needs no mask: the
-    // per-element compares are spent only on the tiles at the edges and the diagonal.
+    // Mask, and the online softmax update of this lane's rows, in base 2. The scale is folded
+    // into the exponent's FMA, exp2(s · scale − max · scale), as FlashAttention-2 does: the max
+    // is taken over the raw scores and scaled once per row (scale > 0, so the order holds), which
+    // saves a multiply per score. A tile whose every key is valid and (causal) at or before the
+    // block's first query needs no mask: the per-element compares are spent only on the tiles at
+    // the edges and the diagonal.
     const bool unmasked = n0 + BN <= sr.len_k && (!p.causal || n0 + BN - 1 <= m0);
+    const float scale = p.scale_log2;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      if (unmasked) {
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= p.scale_log2;
-      } else {
+      if (!unmasked) {
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int row = m0 + r_lo(mt) + (e < 2 ? 0 : 8), col = n0 + nt * 8 + 2 * t4 + (e & 1);
             const bool visible = col < sr.len_k && (!p.causal || col <= row);
-            s[mt][nt][e] = visible ? s[mt][nt][e] * p.scale_log2 : -INFINITY;
+            if (!visible) s[mt][nt][e] = -INFINITY;
           }
         }
       }
-      float mx[2] = {m_run[mt][0], m_run[mt][1]};
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
         mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
@@ -188,6 +187,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
       for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
         mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
+        mx[r] = fmaxf(mx[r] * scale, m_run[mt][r]);  // -inf stays -inf
         base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a row with nothing visible yet stays 0
         const float alpha = exp2_fast(m_run[mt][r] - base[r]);
         m_run[mt][r] = mx[r];
@@ -202,7 +202,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
       for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[mt][nt][e] = exp2_fast(s[mt][nt][e] - base[e >> 1]);
+          s[mt][nt][e] = exp2_fast(fmaf(s[mt][nt][e], scale, -base[e >> 1]));
           l_run[mt][e >> 1] += s[mt][nt][e];  // lane-partial sums; the quad is summed at the end
         }
       }
