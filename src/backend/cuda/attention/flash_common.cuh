@@ -199,25 +199,30 @@ MH_FLASH_FN int swz(int row, int col) {
 // shared tile; rows >= `valid` become zeros. `safe` is any readable address (never dereferenced
 // for invalid rows, but the instruction still takes an operand).
 // Thread t copies chunk column t % (COLS / 8) of rows t / (COLS / 8) + i · (THREADS / (COLS / 8)):
-// with the number of passes a compile-time constant the loop unrolls fully, and each pass adds
-// constants to the row, the shared-memory offset and the global address. (Written as a loop from
-// `tid` in steps of THREADS, nvcc kept it rolled with a remainder, and every chunk paid a 64-bit
-// multiply, branches and reconvergence: about 100 instructions per tile on sm_90a, a quarter of
-// the forward's instructions per key tile.)
-template <int ROWS, int COLS, int THREADS, typename T>
+// with the number of passes a compile-time constant the loop unrolls fully. (Written as a loop
+// from `tid` in steps of THREADS, nvcc kept it rolled with a remainder, and every chunk paid a
+// 64-bit multiply, branches and reconvergence: about 100 instructions per tile on sm_90a, a
+// quarter of the forward's instructions per key tile.) kAdvance: the source pointer advances
+// by one row step per pass (a 64-bit add); without it each pass's address is a product, which
+// nvcc then recomputes from the tile's base. The forward advances (its loop over key tiles:
+// 611 -> 538 SASS instructions, sm_90a); the backward does not (advancing spilled 64 bytes in
+// flash_bwd_tiles_kernel and 8 more in sm_80's head_dim 128, for no fewer instructions).
+template <int ROWS, int COLS, int THREADS, bool kAdvance = false, typename T>
 MH_FLASH_FN void load_tile(T* smem, const T* g, int64_t stride, int valid, const T* safe, int tid) {
   constexpr int kChunksPerRow = COLS / 8;
   static_assert(THREADS % kChunksPerRow == 0, "whole rows per pass");
   constexpr int kRowStep = THREADS / kChunksPerRow, kPasses = (ROWS + kRowStep - 1) / kRowStep;
   const int ch = tid % kChunksPerRow, r0 = tid / kChunksPerRow;
+  const int64_t step = kRowStep * stride;
   const T* src = g + r0 * stride + ch * 8;
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = r0 + i * kRowStep;
     if (ROWS % kRowStep == 0 || r < ROWS) {
       const bool ok = r < valid;
-      cp_async16(smem + swz<COLS>(r, ch * 8), ok ? src + i * kRowStep * stride : safe, ok);
+      cp_async16(smem + swz<COLS>(r, ch * 8), ok ? (kAdvance ? src : src + i * step) : safe, ok);
     }
+    if constexpr (kAdvance) src += step;
   }
 }
 

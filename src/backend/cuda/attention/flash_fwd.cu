@@ -9,22 +9,23 @@
 // Problem, layouts, masks and dropout bits: attention_problem.h.
 //
 // Resources (nvcc 13.0 -Xptxas -v; bf16 and fp16 alike), 128 threads, no spills:
-//   head_dim 64:  167 registers (sm_90a), 166 (sm_80), capped for 3 blocks per SM (the
+//   head_dim 64:  165 registers (sm_90a), 167 (sm_80), capped for 3 blocks per SM (the
 //                 launch bounds' minimum); 24 KiB dynamic shared memory
-//   head_dim 128: 249 registers (sm_90a), 226 (sm_80); 48 KiB dynamic shared memory
+//   head_dim 128: 239 registers (sm_90a), 228 (sm_80); 48 KiB dynamic shared memory
 //   head_dim 64, MH_FLASH_FWD_TILE (rows x keys):
-//     64x128 (4 warps of 16 rows): 231 registers (sm_90a), 214 (sm_80); 40 KiB
-//     128x64 (4 warps of 32 rows, Q read per k-step): 254 (sm_90a), 247 (sm_80); 32 KiB
-//     128x128 (4 warps of 32 rows): 255 registers and spills, 144 bytes stored / 148 loaded
-//       (sm_90a), 144 / 136 (sm_80); 48 KiB. S (128 floats per thread) and O (64) leave little
-//       room (96 / 88 before the scale was folded into the exponent's FMA).
+//     64x128 (4 warps of 16 rows): 227 registers (sm_90a), 215 (sm_80); 40 KiB
+//     128x64 (4 warps of 32 rows, Q read per k-step): 252 (sm_90a), 247 (sm_80); 32 KiB
+//     128x128 (4 warps of 32 rows): 255 registers and spills, 80 bytes stored / 80 loaded
+//       (sm_90a), 96 / 112 (sm_80); 48 KiB. S (128 floats per thread) and O (64) leave little
+//       room.
 // Instructions: the K, V and Q tile copies (load_tile, flash_common.cuh) unroll with constant
 // strides since 2026-11-29. Before, each cost about 100 instructions (a rolled loop, a 64-bit
 // multiply and a branch per 16-byte chunk). The default kernel's loop over key tiles held about
 // 1010 SASS instructions besides the dropout code (sm_90a, bf16; both mask paths counted) for
-// its 64 HMMA; with the copies unrolled about 670, and with the scale folded into the
-// exponent's FMA (32 FMUL and 32 FADD per tile become 32 FFMA) 611. At 3 blocks of 4 warps per
-// SM, issue slots, not the tensor cores, were the likelier bound.
+// its 64 HMMA; with the copies unrolled about 670, with the scale folded into the exponent's
+// FMA (32 FMUL and 32 FADD per tile become 32 FFMA) 611, and with the copies' source pointers
+// advanced by a 64-bit add per pass rather than recomputed as products 538. At 3 blocks of 4
+// warps per SM, issue slots, not the tensor cores, were the likelier bound.
 // Without the cap the default took 249 registers (2 blocks per SM); with it, 167, still 3.
 // Tiles with every key valid and (causal) none past the block's first query skip the mask.
 #include <cuda_bf16.h>

@@ -86,8 +86,8 @@ flash_fwd_kernel(const FwdParams<T> p) {
     return;
   }
 
-  load_tile<BM, D, kThreads>(sQ, qg, rs, rows_here, p.q, tid);
-  load_tile<BN, D, kThreads>(sK, kg, rs, sr.len_k, p.k, tid);
+  load_tile<BM, D, kThreads, true>(sQ, qg, rs, rows_here, p.q, tid);
+  load_tile<BN, D, kThreads, true>(sK, kg, rs, sr.len_k, p.k, tid);
   cp_async_commit();
 
   float acc[MT][D / 8][4];  // O tile: WM rows × D per warp
@@ -121,7 +121,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
           for (int kk = 0; kk < D / 16; ++kk) load_q_frag(qf[mt][kk], mt, kk);
       }
     }
-    load_tile<BN, D, kThreads>(sV, vg + n0 * rs, rs, sr.len_k - n0, p.v, tid);
+    load_tile<BN, D, kThreads, true>(sV, vg + n0 * rs, rs, sr.len_k - n0, p.v, tid);
     cp_async_commit();
 
     // S = Q K[nb]ᵀ: WM × BN per warp, 16×8 accumulator tiles.
@@ -225,7 +225,7 @@ flash_fwd_kernel(const FwdParams<T> p) {
     cp_async_wait_all();
     block_sync();  // V[nb] landed; everyone is done reading K[nb]
     if (nb + 1 < n_blocks) {
-      load_tile<BN, D, kThreads>(sK, kg + (n0 + BN) * rs, rs, sr.len_k - n0 - BN, p.k, tid);
+      load_tile<BN, D, kThreads, true>(sK, kg + (n0 + BN) * rs, rs, sr.len_k - n0 - BN, p.k, tid);
       cp_async_commit();
     }
 
