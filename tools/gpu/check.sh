@@ -330,7 +330,7 @@ if ((HAVE_GPU)); then
   # setmaxnreg; new on a GPU, hence a process of its own): the summary's "hopOVL" column.
   hopper_step overlap mh_attention_hopper_ovl 30 "${MHENV[@]}" MH_HOPPER_FWD=overlap "$MH" bench attention \
     "${ATTN_ARGS[@]}" --impl hopper
-  # and with three consumer warpgroups (192-row blocks, FlashAttention-3's head_dim-64 tile):
+  # and with three consumer warpgroups (192-row blocks, as FlashAttention-3 at head_dim 64):
   # the summary's "hopOV3" column.
   hopper_step overlap mh_attention_hopper_ovl3 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=3 "$MH" bench \
     attention "${ATTN_ARGS[@]}" --impl hopper

@@ -25,7 +25,8 @@
 //     hold S of tile n (fp32) and P of tile n − 1 (16-bit) at once; the scale is folded into the
 //     exponent's FMA, exp2 is one MUFU. 3 stages of K/V at head_dim 64, 2 at 128. At head_dim 64
 //     also with three consumer warpgroups (MH_HOPPER_FWD_WG=3: 192-row blocks, 32 / 160
-//     registers), the tile FlashAttention-3 takes for head_dim 64: there the exponentials cost
+//     registers): FlashAttention-3's head_dim-64 row count (its causal tile is 192 × 128, this
+//     one; its non-causal 192 × 192 with P through shared memory). There the exponentials cost
 //     as much as the MMAs, and a third warpgroup per SM has more of them to interleave; the
 //     consumers needed at most 160 registers anyway (SASS below).
 //

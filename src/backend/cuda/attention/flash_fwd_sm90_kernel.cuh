@@ -18,9 +18,9 @@ namespace mh::cuda::flash {
 // OVL = true (FlashAttention-3's intra-warpgroup overlap): the softmax of key tile n runs while
 // the tensor cores compute O += P V of tile n − 1; a producer warpgroup gives its registers to
 // the consumers (setmaxnreg), which hold S of tile n in fp32 and P of tile n − 1 in 16 bits.
-// Two consumer warpgroups (128-row blocks), or at head_dim 64 three (192-row blocks: the tile
-// FlashAttention-3 takes there, where the exponentials cost as much as the MMAs and more warps
-// per SM hide more of them; head_dim 128's O accumulator does not fit the 160 registers).
+// Two consumer warpgroups (128-row blocks), or at head_dim 64 three (192-row blocks, as
+// FlashAttention-3 there, where the exponentials cost as much as the MMAs and more warps per SM
+// hide more of them; head_dim 128's O accumulator does not fit the 160 registers).
 template <typename T, int D, int BN, int NWG, bool OVL = false>
 struct Sm90Fwd {
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
