@@ -33,8 +33,9 @@
 // Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), no spills,
 // 2 hardware barriers (__syncthreads and the consumers' named barrier):
 //   plain, 2 consumer warpgroups + 1 producer warp (288 threads, BM = 128 query rows, BN = 64):
-//     head_dim 64:  104 registers; 50216 bytes dynamic shared memory (Q 16 KiB, 2 × (K, V) 32 KiB)
-//     head_dim 128: 135 registers; 99368 bytes dynamic shared memory (Q 32 KiB, 2 × (K, V) 64 KiB)
+//     head_dim 64:  102 registers; 50216 bytes dynamic shared memory (Q 16 KiB, 2 × (K, V) 32 KiB)
+//     head_dim 128: 134 registers; 99368 bytes dynamic shared memory (Q 32 KiB, 2 × (K, V) 64 KiB)
+//     (104 and 135 with exp2f and the scale multiplied in, before 2026-11-29: the form that ran)
 //   plain, 1 consumer warpgroup (160 threads, BM = 64; MH_HOPPER_FWD_WG=1): the same registers;
 //     42024 bytes (head_dim 64), 82984 (128)
 //   (until 2026-11-29 the plain form had 132 and 164 registers; the same steps, now in the
