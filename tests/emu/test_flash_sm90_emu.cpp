@@ -250,6 +250,14 @@ void run_sm90_backward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>
     for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
 }
 
+// Consumer warpgroup `wg` runs late (flash_sm90_emu.h's delayed_warpgroup) while this lives.
+struct DelayedWarpgroup {
+  explicit DelayedWarpgroup(int wg) { emu::delayed_warpgroup = wg; }
+  ~DelayedWarpgroup() { emu::delayed_warpgroup = -1; }
+  DelayedWarpgroup(const DelayedWarpgroup&) = delete;
+  DelayedWarpgroup& operator=(const DelayedWarpgroup&) = delete;
+};
+
 // The Hopper forward into o and lse (sized, and poisoned as the caller wants), as its launcher runs
 // it.
 template <typename T, int D, int BN = 64, int NWG = 2, bool OVL = false>
@@ -409,11 +417,8 @@ TEST(FlashSm90Emu, HopperBackwardDropout) {
 // delayed_warpgroup), so that a missing barrier between them, or a dS buffer written again while
 // the other warpgroup still reads it, gives wrong gradients here.
 TEST(FlashSm90Emu, HopperBackwardWarpgroupsOutOfStep) {
-  struct Reset {
-    ~Reset() { emu::delayed_warpgroup = -1; }
-  } reset;
   for (int wg : {0, 1}) {
-    emu::delayed_warpgroup = wg;
+    const DelayedWarpgroup late(wg);
     run_case<__nv_bfloat16, 64, 64, 2>({"warpgroup late", 1, {300}, {140}, false, 0, false, true},
                                        22 + static_cast<uint64_t>(wg));
   }
@@ -522,21 +527,15 @@ TEST(FlashSm90Emu, OverlappedForwardThreeWarpgroups) {
                                             56);
   run_case<__half, 64, 128, 3, true>(
       {"overlap 3 warpgroups padded cross", 1, {200, 200}, {300, 129}, false, 0, false}, 57);
-  struct Reset {
-    ~Reset() { emu::delayed_warpgroup = -1; }
-  } reset;
-  emu::delayed_warpgroup = 2;
+  const DelayedWarpgroup late(2);
   run_case<__nv_bfloat16, 64, 128, 3, true>(
       {"overlap 3 warpgroups, the third late", 1, {200}, {300}, true, 0, false}, 58);
 }
 
 // The overlapped forward with each consumer warpgroup in turn running late.
 TEST(FlashSm90Emu, OverlappedForwardWarpgroupsOutOfStep) {
-  struct Reset {
-    ~Reset() { emu::delayed_warpgroup = -1; }
-  } reset;
   for (int wg : {0, 1}) {
-    emu::delayed_warpgroup = wg;
+    const DelayedWarpgroup late(wg);
     run_case<__nv_bfloat16, 64, 128, 2, true>(
         {"overlap warpgroup late", 1, {140, 140}, {400, 77}, true, 0, false},
         54 + static_cast<uint64_t>(wg));
