@@ -321,15 +321,16 @@ if ((HAVE_GPU)); then
   # The hopper column in a process of its own: its backward (flash_bwd_sm90) is new on a GPU, and
   # a fault there (the CUDA context is then lost) or a hang (the step's timeout ends it) must not
   # cost the other columns. n/a off sm_90.
-  hopper_step plain mh_attention_hopper 40 "${MHENV[@]}" "$MH" bench attention "${ATTN_ARGS[@]}" --impl hopper
+  hopper_step plain mh_attention_hopper 40 "${MHENV[@]}" "$MH" bench attention \
+    "${ATTN_ARGS[@]}" --impl hopper
   # and its forward with one consumer warpgroup (64 query rows) per block: the summary's "hopWG1"
   # column (the translation batch's short sentences leave a 128-row block half idle).
-  hopper_step plain mh_attention_hopper_wg1 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=1 "$MH" bench attention \
-    "${ATTN_ARGS[@]}" --impl hopper
+  hopper_step plain mh_attention_hopper_wg1 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=1 "$MH" bench \
+    attention "${ATTN_ARGS[@]}" --impl hopper
   # and the overlapped Hopper forward (FlashAttention-3's intra-warpgroup overlap, 128-key tiles,
   # setmaxnreg; new on a GPU, hence a process of its own): the summary's "hopOVL" column.
-  hopper_step overlap mh_attention_hopper_ovl 30 "${MHENV[@]}" MH_HOPPER_FWD=overlap "$MH" bench attention \
-    "${ATTN_ARGS[@]}" --impl hopper
+  hopper_step overlap mh_attention_hopper_ovl 30 "${MHENV[@]}" MH_HOPPER_FWD=overlap "$MH" bench \
+    attention "${ATTN_ARGS[@]}" --impl hopper
   # and with three consumer warpgroups (192-row blocks, as FlashAttention-3 at head_dim 64):
   # the summary's "hopOV3" column.
   hopper_step overlap mh_attention_hopper_ovl3 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=3 "$MH" bench \
@@ -370,15 +371,16 @@ if ((HAVE_GPU)); then
   NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null |
     tail -n 1 || true)
   if [[ -n "$NCU" ]]; then
-    # name:kernel:impl:knob; the Hopper kernels last (n/a, and so failing, off sm_90).
-    for spec in bwd:flash_bwd_kernel:custom:MH_FLASH_BWD=strips \
-      bwd_tiles:flash_bwd_tiles_kernel:custom:MH_FLASH_BWD=tiles \
-      fwd:flash_fwd_kernel:custom:MH_FLASH_FWD_TILE=64x64 \
-      hopper_bwd:flash_bwd_sm90_kernel:hopper:MH_HOPPER_FWD=plain \
-      hopper_fwd_ovl:flash_fwd_sm90_kernel:hopper:MH_HOPPER_FWD=overlap; do
-      IFS=: read -r name kern impl knob <<<"$spec"
+    # name:kernel:impl:knob:hopper kind (- for custom: plain step); the Hopper kernels last (n/a,
+    # and so failing, off sm_90).
+    for spec in bwd:flash_bwd_kernel:custom:MH_FLASH_BWD=strips:- \
+      bwd_tiles:flash_bwd_tiles_kernel:custom:MH_FLASH_BWD=tiles:- \
+      fwd:flash_fwd_kernel:custom:MH_FLASH_FWD_TILE=64x64:- \
+      hopper_bwd:flash_bwd_sm90_kernel:hopper:MH_HOPPER_FWD=plain:plain \
+      hopper_fwd_ovl:flash_fwd_sm90_kernel:hopper:MH_HOPPER_FWD=overlap:overlap; do
+      IFS=: read -r name kern impl knob kind <<<"$spec"
       run=(step)
-      [[ $impl == hopper ]] && run=(hopper_step "$([[ $knob == *overlap ]] && echo overlap || echo plain)")
+      [[ $kind != - ]] && run=(hopper_step "$kind")
       TAIL_LINES=40 "${run[@]}" "ncu_flash_$name" 45 "${MHENV[@]}" "$knob" "$NCU" --clock-control none \
         -k "regex:$kern" -c 1 --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
