@@ -46,3 +46,8 @@ gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hoppe
 gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_overlap3."
                      TEST_FILTER "Attention/HopperLaunchers.*"
                      PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD_WG=3)
+# The Hopper backward with dQ added up by bulk reductions (MH_HOPPER_BWD_DQ=bulk: shared memory
+# and one warp's cp.reduce.async.bulk instead of the consumers' atomics), for tuning runs.
+gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_dqbulk."
+                     TEST_FILTER "Attention/HopperLaunchers.*"
+                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_BWD_DQ=bulk)

@@ -19,6 +19,9 @@
 //   cp.async.bulk.tensor, tiled ("Tensor copy", "Bounding box", "Out of bound access"): box
 //     elements in dimension order (dim 0 fastest), out-of-bound elements written as zero and
 //     counted in the transaction bytes, 128B swizzle applied to the destination addresses.
+//   cp.reduce.async.bulk (.global.shared::cta.bulk_group.add.f32) with commit_group and
+//     wait_group(.read): queued at issue, executed at the wait that covers its group.
+//   bar.sync / bar.arrive (named barriers): std::barrier, arrive without waiting for bar.arrive.
 //   wgmma.fence: required (conservatively) before the first wgmma after each wait.
 //   fence.proxy.async ("Memory consistency: proxies"): this thread's generic-proxy stores
 //     (smem_zero16) reach the async proxy (wgmma, TMA) only at the fence; without it they stay
@@ -106,7 +109,14 @@ inline Sm90Block& sm90_block() {
   return *static_cast<Sm90Block*>(b.ext.get());
 }
 
-// Per-thread state: wgmma operations not yet waited for, generic stores not yet fenced.
+// A cp.reduce.async.bulk (.add.f32, shared -> global) not yet waited for.
+struct BulkReduce {
+  float* dst = nullptr;
+  uint32_t src = 0, bytes = 0;  // shared-memory address and size
+};
+
+// Per-thread state: wgmma operations not yet waited for, generic stores not yet fenced, bulk
+// reductions not yet waited for.
 struct Sm90Thread {
   std::vector<std::unique_ptr<WgmmaOp>> open;
   std::vector<std::vector<std::unique_ptr<WgmmaOp>>> groups;
@@ -117,6 +127,15 @@ struct Sm90Thread {
   // between register accesses and a wgmma.mma_async reading them). Conservative: every batch of
   // wgmma after a wait needs one.
   bool wgmma_fenced = false;
+  std::vector<BulkReduce> bulk_open;                 // issued since the last commit_group
+  std::vector<std::vector<BulkReduce>> bulk_groups;  // committed, oldest first
+  // A thread must not exit with bulk reductions in flight: they read shared memory that the next
+  // block on the SM may own, and their writes would be lost here.
+  ~Sm90Thread() {
+    if (!bulk_open.empty() || !bulk_groups.empty())
+      std::fprintf(stderr, "flash_sm90_emu: a thread exited with bulk reductions pending\n"),
+          std::abort();
+  }
 };
 inline thread_local Sm90Thread sm90_self;
 
@@ -330,21 +349,79 @@ inline void fence_proxy_async() {
   for (const auto& [a, v] : emu::sm90_self.unfenced) std::memcpy(emu::smem_at(a, 2), &v, 2);
   emu::sm90_self.unfenced.clear();
 }
+// st.shared.v2.f32: a generic-proxy store like smem_zero16's, read only by the async proxy
+// (cp.reduce.async.bulk), so it lands at the fence.
+inline void smem_store_f32x2(void* p, float a, float b) {
+  const uint32_t at = smem_addr(p);
+  MH_SM90_EMU_CHECK(at % 8 == 0, "st.shared.v2.f32 needs an 8-byte aligned address");
+  uint16_t h[4];
+  std::memcpy(h, &a, 4);
+  std::memcpy(h + 2, &b, 4);
+  for (uint32_t i = 0; i < 4; ++i) emu::sm90_self.unfenced.push_back({at + 2 * i, h[i]});
+}
+
+// --- bulk reduction ("cp.reduce.async.bulk", bulk_group completion): queued at issue, read from
+// shared memory and added at the wait that covers its group, the latest moment the hardware may
+// read, so that a source overwritten before the wait shows here too.
+inline void bulk_reduce_add_f32(float* dst, const void* src, uint32_t bytes) {
+  const uint32_t at = smem_addr(src);
+  MH_SM90_EMU_CHECK(at % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && bytes % 16 == 0,
+                    "cp.reduce.async.bulk: 16-byte aligned addresses, a multiple of 16 bytes");
+  emu::smem_at(at, bytes);  // range check
+  emu::sm90_self.bulk_open.push_back({dst, at, bytes});
+}
+inline void bulk_commit() {
+  emu::sm90_self.bulk_groups.push_back(std::move(emu::sm90_self.bulk_open));
+  emu::sm90_self.bulk_open.clear();
+}
+namespace emu {
+inline void bulk_complete_all_but(size_t n) {
+  maybe_delay();
+  auto& gs = sm90_self.bulk_groups;
+  while (gs.size() > n) {
+    for (const BulkReduce& r : gs.front()) {
+      const unsigned char* src = smem_at(r.src, r.bytes);
+      for (uint32_t i = 0; i < r.bytes / 4; ++i) {
+        float v;
+        std::memcpy(&v, src + 4 * i, 4);
+        std::atomic_ref<float>(r.dst[i]).fetch_add(v);
+      }
+    }
+    gs.erase(gs.begin());
+  }
+}
+}  // namespace emu
+// Reading done and writing done are one moment here.
+template <int N>
+inline void bulk_wait_read() {
+  emu::bulk_complete_all_but(N);
+}
+template <int N>
+inline void bulk_wait() {
+  emu::bulk_complete_all_but(N);
+}
+
 template <int N>
 inline void setmaxnreg_inc() {}
 template <int N>
 inline void setmaxnreg_dec() {}
+namespace emu {
+// Barrier `id` of this block, made on first use with `count` threads.
+inline std::barrier<>& named_barrier(int id, int count) {
+  Sm90Block& B = sm90_block();
+  std::lock_guard<std::mutex> lock(B.mu);
+  auto& e = B.named[id];
+  if (!e.second) e = {count, std::make_unique<std::barrier<>>(count)};
+  MH_SM90_EMU_CHECK(e.first == count, "named barrier used with different thread counts");
+  return *e.second;
+}
+}  // namespace emu
 inline void named_bar_sync(int id, int count) {
-  emu::Sm90Block& B = emu::sm90_block();
-  std::barrier<>* bar;
-  {
-    std::lock_guard<std::mutex> lock(B.mu);
-    auto& e = B.named[id];
-    if (!e.second) e = {count, std::make_unique<std::barrier<>>(count)};
-    MH_SM90_EMU_CHECK(e.first == count, "named barrier used with different thread counts");
-    bar = e.second.get();
-  }
-  bar->arrive_and_wait();
+  emu::named_barrier(id, count).arrive_and_wait();
+}
+// bar.arrive: counts toward the phase, does not wait for it.
+inline void named_bar_arrive(int id, int count) {
+  [[maybe_unused]] auto token = emu::named_barrier(id, count).arrive();
 }
 
 // --- wgmma ---------------------------------------------------------------------------------------

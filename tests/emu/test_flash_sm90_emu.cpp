@@ -222,32 +222,42 @@ TEST(Sm90EmuIsa, MbarrierParity) {
 // conversion as flash_bwd.cu's small kernels compute them; dq, dk, dv start poisoned.
 // The Hopper backward as its launcher runs it: dQ stored directly where every sequence fits one
 // key block (sm90_bwd_dq_direct; dQ zeroed first, as the prologue does), else added into a zeroed
-// fp32 accumulator and rounded afterwards. accumulate = true forces the accumulator.
+// fp32 accumulator and rounded afterwards. accumulate = true forces the accumulator; bulk adds
+// into it by bulk reductions (MH_HOPPER_BWD_DQ=bulk) instead of atomics.
 template <typename T, int D>
 void run_sm90_backward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>& lse,
                        std::vector<T>& dq, std::vector<T>& dk, std::vector<T>& dv,
-                       bool accumulate = false) {
+                       bool accumulate = false, bool bulk = false) {
   using C = Sm90Bwd<T, D>;
   const bool direct = !accumulate && sm90_bwd_dq_direct(c.pr);
-  std::vector<float> dsum = c.row_dsum(o), dq_acc(direct ? 0 : c.q.size(), 0.f);
+  // Past the accumulator's rows, 128 rows of -0.0: a write past the last row (of a partial
+  // query step) shows, even one adding +0.0.
+  const size_t canary = direct ? 0 : static_cast<size_t>(128 * c.row);
+  std::vector<float> dsum = c.row_dsum(o), dq_acc(direct ? 0 : c.q.size() + canary, 0.f);
+  std::fill(dq_acc.end() - static_cast<std::ptrdiff_t>(canary), dq_acc.end(), -0.f);
   const T nan_t = round_to<T>(std::numeric_limits<float>::quiet_NaN());
   dq.assign(c.q.size(), direct ? round_to<T>(0.f) : nan_t);
   dk.assign(c.k.size(), nan_t);
   dv.assign(c.k.size(), nan_t);
-  const Sm90BwdParams<T> bp = sm90_bwd_params<T, D>(
-      c.pr,
-      AttnBwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), c.dout.data(), lse.data(), dq.data(),
-                dk.data(), dv.data()},
-      direct ? nullptr : dq_acc.data(), dsum.data(), direct, [](const TmaSpec& t) { return t; });
+  const Sm90BwdParams<T> bp =
+      sm90_bwd_params<T, D>(c.pr,
+                            AttnBwdIO{c.q.data(), c.k.data(), c.v.data(), o.data(), c.dout.data(),
+                                      lse.data(), dq.data(), dk.data(), dv.data()},
+                            direct ? nullptr : dq_acc.data(), dsum.data(), direct, bulk,
+                            [](const TmaSpec& t) { return t; });
   const int grid_x = (c.max_k + C::kBN - 1) / C::kBN;
+  // The launcher's shared memory: without dq_bulk, none for the dQ buffer (the last region).
+  const int smem = bp.dq_bulk ? C::kSmemBytes : C::kSmemBytes - C::kDqBytes;
   if (c.pr.dropout > 0)
-    emu_launch(grid_x, c.H, c.B, C::kThreads, C::kSmemBytes,
-               [&] { flash_bwd_sm90_kernel<T, D, true>(bp); });
+    emu_launch(grid_x, c.H, c.B, C::kThreads, smem, [&] { flash_bwd_sm90_kernel<T, D, true>(bp); });
   else
-    emu_launch(grid_x, c.H, c.B, C::kThreads, C::kSmemBytes,
+    emu_launch(grid_x, c.H, c.B, C::kThreads, smem,
                [&] { flash_bwd_sm90_kernel<T, D, false>(bp); });
   if (!direct)
     for (size_t i = 0; i < dq.size(); ++i) dq[i] = round_to<T>(dq_acc[i]);
+  for (size_t i = dq_acc.size() - canary; i < dq_acc.size(); ++i)
+    ASSERT_TRUE(std::signbit(dq_acc[i]) && dq_acc[i] == 0.f)
+        << "dQ accumulator written past its last row, " << i - c.q.size() << " elements past";
 }
 
 // Consumer warpgroup `wg` runs late (flash_sm90_emu.h's delayed_warpgroup) while this lives.
@@ -270,11 +280,13 @@ void run_sm90_forward(FlashCase<T, D>& c, std::vector<T>& o, std::vector<float>&
              [&] { flash_fwd_sm90_kernel<T, D, BN, NWG, OVL>(fp); });
 }
 
+// bulk_dq: the Hopper backward adds dQ up by bulk reductions (MH_HOPPER_BWD_DQ=bulk).
 template <typename T, int D, int BN = 64, int NWG = 1, bool OVL = false>
-void run_case(const Spec& s, uint64_t seed) {
+void run_case(const Spec& s, uint64_t seed, bool bulk_dq = false) {
   SCOPED_TRACE(::testing::Message()
                << s.name << " D=" << D << (std::is_same_v<T, __half> ? " fp16" : " bf16")
-               << " BN=" << BN << " warpgroups=" << NWG << (OVL ? " overlapped" : ""));
+               << " BN=" << BN << " warpgroups=" << NWG << (OVL ? " overlapped" : "")
+               << (bulk_dq ? " bulk dQ" : ""));
   FlashCase<T, D> c(s, seed);
   const int B = c.B, H = c.H, max_q = c.max_q, max_k = c.max_k;
   const int64_t row = c.row;
@@ -332,7 +344,7 @@ void run_case(const Spec& s, uint64_t seed) {
   EXPECT_LE(c.err(dk, dk64, c.cu_k, k_valid, max_k), 1e-2) << "dK (sm_80 backward)";
   EXPECT_LE(c.err(dv, dv64, c.cu_k, k_valid, max_k), 1e-2) << "dV (sm_80 backward)";
   std::vector<T> dq9, dk9, dv9;
-  run_sm90_backward(c, o, lse, dq9, dk9, dv9);
+  run_sm90_backward(c, o, lse, dq9, dk9, dv9, false, bulk_dq);
   EXPECT_LE(c.err(dq9, dq64, c.cu_q, c.q_rows, max_q), 1e-2) << "dQ (Hopper backward)";
   EXPECT_LE(c.err(dk9, dk64, c.cu_k, k_valid, max_k), 1e-2) << "dK (Hopper backward)";
   EXPECT_LE(c.err(dv9, dv64, c.cu_k, k_valid, max_k), 1e-2) << "dV (Hopper backward)";
@@ -491,6 +503,53 @@ TEST(FlashSm90Emu, HopperBackwardStoredDqEqualsAccumulated) {
         {"stored dQ causal packed dropout", 1, {3, 128}, {3, 128}, true, 0.2f, true}, 61);
   check(std::pair<__nv_bfloat16, std::integral_constant<int, 128>>{},
         {"stored dQ d128 cross", 1, {150, 20}, {90, 128}, false, 0}, 62);
+}
+
+// dQ by bulk reductions (MH_HOPPER_BWD_DQ=bulk): through the padded shared-memory buffer and the
+// writer warp, against the reference, on several query steps, both head_dims, causal packed
+// sequences and dropout (the next test covers more shapes, against the atomic form).
+TEST(FlashSm90Emu, HopperBackwardBulkDq) {
+  run_case<__nv_bfloat16, 64, 64, 2>(
+      {"bulk dQ steps d64", 1, {300, 300}, {300, 150}, false, 0, false, true}, 70, true);
+  run_case<__nv_bfloat16, 128, 64, 2>({"bulk dQ dropout causal packed d128", 1, {70, 129, 200},
+                                       {70, 129, 200}, true, 0.3f, true, true},
+                                      73, true);
+}
+
+// Both ways add the same fp32 terms in the same order here (the emulation runs the blocks one
+// after another, each adding a row's term once per step), so dQ must agree bit for bit, in every
+// row: a bulk copy that reached past its sequence (into the next one's rows of a packed batch) or
+// missed a row shows. And with each warpgroup late in turn, the writer warp included (warpgroup
+// 2): a consumer store that bypassed the full/empty handshake, or a missing fence, differs too.
+TEST(FlashSm90Emu, HopperBackwardBulkDqEqualsAtomic) {
+  auto check = [](auto tag, const Spec& s, uint64_t seed, int late) {
+    using T = typename decltype(tag)::first_type;
+    constexpr int D = decltype(tag)::second_type::value;
+    SCOPED_TRACE(::testing::Message() << s.name << ", late warpgroup " << late);
+    FlashCase<T, D> c(s, seed);
+    std::vector<T> o(c.q.size());
+    std::vector<float> lse(static_cast<size_t>(c.H * c.total_q));
+    run_sm90_forward(c, o, lse);
+    std::vector<T> dq1, dk1, dv1, dq2, dk2, dv2;
+    run_sm90_backward(c, o, lse, dq1, dk1, dv1, /*accumulate=*/true);
+    {
+      const DelayedWarpgroup delayed(late);
+      run_sm90_backward(c, o, lse, dq2, dk2, dv2, /*accumulate=*/true, /*bulk=*/true);
+    }
+    for (size_t i = 0; i < dq1.size(); ++i)
+      ASSERT_EQ(bits_of(dq1[i]), bits_of(dq2[i]))
+          << "dQ[" << i << "]: atomic " << to_f(dq1[i]) << ", bulk " << to_f(dq2[i]);
+    for (size_t i = 0; i < dk1.size(); ++i) {
+      ASSERT_EQ(bits_of(dk1[i]), bits_of(dk2[i])) << "dK[" << i << "]";
+      ASSERT_EQ(bits_of(dv1[i]), bits_of(dv2[i])) << "dV[" << i << "]";
+    }
+  };
+  using Bf64 = std::pair<__nv_bfloat16, std::integral_constant<int, 64>>;
+  using H128 = std::pair<__half, std::integral_constant<int, 128>>;
+  check(Bf64{}, {"packed d64", 1, {150, 40, 300}, {150, 40, 300}, false, 0, true}, 74, -1);
+  check(H128{}, {"padded causal d128", 1, {200, 90}, {260, 70}, true, 0, false}, 75, -1);
+  for (int late : {0, 1, 2})
+    check(Bf64{}, {"out of step", 1, {300, 20}, {140, 20}, false, 0, true}, 76, late);
 }
 
 TEST(FlashSm90Emu, KeyTile128) {

@@ -37,6 +37,10 @@ def results():
         rows.append(attn("mh_attention_hopper_ovl", "hopper_tflops", "sweep", seq, False, "fwd", o))
         rows.append(attn("mh_attention_hopper_ovl3", "hopper_tflops", "sweep", seq, False, "fwd",
                          o3))
+    # The Hopper backward at L 1024: 100 TFLOP/s with atomics, 150 with bulk dQ (x1.50).
+    rows.append(attn("mh_attention_hopper", "hopper_tflops", "sweep", 1024, False, "bwd", 100.0))
+    rows.append(attn("mh_attention_hopper_dqb", "hopper_tflops", "sweep", 1024, False, "bwd",
+                     150.0))
     rows.append(attn("mh_attention_full_bf16", "custom_tflops", "sweep", 4096, True, "bwd", 90.0))
     rows.append(attn("torch_attention_full_bf16", "torch_flash_tflops", "sweep", 4096, True, "bwd",
                      300.0))
@@ -72,6 +76,8 @@ class SummaryTest(unittest.TestCase):
         self.assertEqual(row.split()[4:10], ["100.0", "200.0", "400.0", "50.0", "-", "0.50"])
         knob = next(l for l in out.splitlines() if "overlap MH_HOPPER_FWD_WG=3 / 2" in l)
         self.assertEqual(knob.split()[-5:], ["L>=1024", "x4.00", "2.00", "8.00", "2"])
+        dq = next(l for l in out.splitlines() if "MH_HOPPER_BWD_DQ=bulk / atomic" in l)
+        self.assertEqual(dq.split()[-6:], ["bwd", "L>=1024", "x1.50", "1.50", "1.50", "1"])
         vs_custom = next(l for l in out.splitlines() if "hopper overlap forward / custom" in l)
         self.assertIn("x0.50", vs_custom)  # 100/100 and 50/200
         self.assertIn("0.30-0.30", out)  # the full sweep: custom 90 against torch 300

@@ -126,15 +126,17 @@ step() {
 # The Hopper kernels have a step of their own each (a fault loses the CUDA context of its process
 # only). A hang ends its process after 20 s (stream_deadline.h: "... did not finish within"), and
 # every later step would hang the same way: hopper_step skips them then. KIND plain: the steps
-# that run the plain forward and the backward every Hopper step shares; overlap: the overlapped
-# forward's. A hang in a backward, or in a plain step, stops both kinds; one in the overlapped
-# forward, only its own.
-declare -A HOPPER_HUNG # kind (plain, overlap) -> the step that hung
+# that run the plain forward and the default backward, which every Hopper step shares; a variant
+# kind names the pass it changes: overlap (the overlapped forward), dqbulk (the backward with
+# MH_HOPPER_BWD_DQ=bulk). A hang in a plain step, or in the pass the variants share, stops them
+# all; one in a variant's own pass stops only that variant's steps.
+declare -A HOPPER_HUNG # kind (plain, overlap, dqbulk) -> the step that hung
+declare -A HOPPER_PASS=([overlap]=forward [dqbulk]=backward)
 hopper_step() {
   local kind=$1 name=$2
   shift
   local hung=${HOPPER_HUNG[plain]:-}
-  [[ $kind == overlap && -z "$hung" ]] && hung=${HOPPER_HUNG[overlap]:-}
+  [[ $kind != plain && -z "$hung" ]] && hung=${HOPPER_HUNG[$kind]:-}
   if [[ -n "$hung" ]]; then
     say "$name: SKIPPED (a Hopper kernel hung in $hung)"
     SUMMARY+=("$name|skipped|0|Hopper kernel hung in $hung")
@@ -143,10 +145,10 @@ hopper_step() {
   step "$@"
   local msg scope=plain
   msg=$(grep -m1 'did not finish within' "$LOGS/$name.log" 2>/dev/null) || return 0
-  [[ $kind == overlap && $msg != *backward* ]] && scope=overlap
+  [[ $kind != plain && $msg == *"${HOPPER_PASS[$kind]}"* ]] && scope=$kind
   HOPPER_HUNG[$scope]=$name
-  say "$name: hung ($msg): the later $([[ $scope == overlap ]] && echo 'overlap-forward' ||
-    echo 'Hopper') steps skip"
+  say "$name: hung ($msg): the later $([[ $scope == plain ]] && echo 'Hopper' ||
+    echo "$scope") steps skip"
   return 0
 }
 
@@ -334,6 +336,10 @@ if ((HAVE_GPU)); then
   # and with three consumer warpgroups (192-row blocks, as FlashAttention-3 at head_dim 64):
   # the summary's "hopOV3" column.
   hopper_step overlap mh_attention_hopper_ovl3 30 "${MHENV[@]}" MH_HOPPER_FWD_WG=3 "$MH" bench \
+    attention "${ATTN_ARGS[@]}" --impl hopper
+  # and the Hopper backward with dQ added up by bulk reductions (shared memory, then one warp's
+  # cp.reduce.async.bulk per row, as FlashAttention-3) instead of atomics: the "hopDQB" column.
+  hopper_step dqbulk mh_attention_hopper_dqb 30 "${MHENV[@]}" MH_HOPPER_BWD_DQ=bulk "$MH" bench \
     attention "${ATTN_ARGS[@]}" --impl hopper
   # custom alone again with flash_bwd's other head_dim-64 tiling (128 keys, 8 warps per block):
   # the summary's "cus128" column, to choose the default from a measurement.

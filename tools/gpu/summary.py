@@ -132,7 +132,7 @@ def attention(rows):
         ("mh", "mh_attention"), ("torch", "torch_attention"), ("k128", "mh_attention_k128"),
         ("tiles", "mh_attention_bwd_tiles"), ("hop", "mh_attention_hopper"),
         ("hop1", "mh_attention_hopper_wg1"), ("hopo", "mh_attention_hopper_ovl"),
-        ("hopo3", "mh_attention_hopper_ovl3"))}
+        ("hopo3", "mh_attention_hopper_ovl3"), ("hopdq", "mh_attention_hopper_dqb"))}
     tiles = ["64x64", "64x128", "128x64", "128x128"]
     by_tile = {t: step_rows(rows, "mh_attention" if t == "64x64" else f"mh_attention_f{t}")
                for t in tiles}
@@ -143,7 +143,8 @@ def attention(rows):
     if mh or pt:
         t = Table("attention bf16 d64", [
             "attention bf16 d64", "custom", "torch", "cudnn", "naive", "hopper", "cus/torch",
-            "cus/cudnn", "cus128", "hop/torch", "hopWG1", "hopOVL", "hopOV3", "cusT"], "TFLOP/s")
+            "cus/cudnn", "cus128", "hop/torch", "hopWG1", "hopOVL", "hopOV3", "hopDQB", "cusT"],
+            "TFLOP/s")
         order = lambda k: (k[0] != "sweep", k[0], k[3], k[4], k[5] != "fwd")
         for k in sorted(set(mh) | set(pt), key=order):
             if not bf16_d64(k) or k[5] not in ("fwd", "bwd"):
@@ -157,6 +158,7 @@ def attention(rows):
                   num(s["hop1"].get(k, {}).get("hopper_tflops")),
                   num(s["hopo"].get(k, {}).get("hopper_tflops")),
                   num(s["hopo3"].get(k, {}).get("hopper_tflops")),
+                  num(s["hopdq"].get(k, {}).get("hopper_tflops")),
                   num(s["tiles"].get(k, {}).get("custom_tflops")))
         out.append(t)
     # custom's forward with each tiling (rows x keys), beside PyTorch's flash forward.
@@ -193,6 +195,7 @@ def attention(rows):
         knob("MH_HOPPER_FWD_WG=1 / 2", s["hop"], s["hop1"], h, h, "fwd")
         knob("MH_HOPPER_FWD=overlap / plain", s["hop"], s["hopo"], h, h, "fwd")
         knob("overlap MH_HOPPER_FWD_WG=3 / 2", s["hopo"], s["hopo3"], h, h, "fwd")
+        knob("MH_HOPPER_BWD_DQ=bulk / atomic", s["hop"], s["hopdq"], h, h, "bwd")
         knob("hopper backward / custom backward", mh, s["hop"], c, h, "bwd")
         knob("hopper overlap forward / custom forward", mh, s["hopo"], c, h, "fwd")
         knob("hopper overlap, 3 wg / custom forward", mh, s["hopo3"], c, h, "fwd")

@@ -12,7 +12,11 @@
 //        dV += (P∘Z)ᵀ dO, dK += dSᵀ Q         (A from registers: an accumulator is an A operand),
 //      writes dSᵀ to shared memory transposed (stmatrix.trans: dS, queries × keys), and after a
 //      barrier of the two warpgroups computes its half of dQ = dS K over all 128 keys, which it
-//      adds to the accumulator with fp32 atomics (pairs as one float2 atomic);
+//      adds to the accumulator with fp32 atomics (pairs as one float2 atomic), or, with
+//      MH_HOPPER_BWD_DQ=bulk, stores to a shared fp32 buffer that the producer warpgroup's second
+//      warp adds to the accumulator row by row with bulk reductions (cp.reduce.async.bulk .add.f32:
+//      FlashAttention-3's way, the copy engine's adds in place of 16 float2 atomics per thread and
+//      step; the buffer handed over by two named barriers, full and empty);
 //   3. dQ = the accumulator, rounded.
 // Where no sequence has more than 128 keys (sm90_bwd_dq_direct: a translation batch, paper-base's
 // 64-token sentences) a block's dQ rows are complete: it stores them rounded, and the prologue
@@ -30,13 +34,16 @@
 // Instantiations and resources (nvcc 13.0 -Xptxas -v, sm_90a; bf16 and fp16 alike), 384 threads
 // (2 consumer warpgroups + 1 producer warpgroup), 128 keys per block, one block per SM:
 //   head_dim 64 (128 queries per step): 166952 bytes dynamic shared memory (K, V 16 KiB each;
-//     2 stages × (Q, dO) 64 KiB; 2 × dS 64 KiB; lse, D 2 KiB; alignment slack and mbarriers)
+//     2 stages × (Q, dO) 64 KiB; 2 × dS 64 KiB; lse, D 2 KiB; alignment slack and mbarriers),
+//     203816 with the bulk form's dQ buffer (128 rows of 64 + 8 floats: 36 KiB)
 //   head_dim 128 (64 queries per step): 165928 bytes (K, V 32 KiB each; 2 stages × (Q, dO)
-//     64 KiB; 2 × dS 32 KiB; lse, D 1 KiB; slack and mbarriers)
+//     64 KiB; 2 × dS 32 KiB; lse, D 1 KiB; slack and mbarriers), 200744 with the dQ buffer
+//     (64 rows of 128 + 8 floats: 34 KiB)
 //   registers: ptxas reports the launch's 168 per thread (64 Ki / 384); setmaxnreg then gives
 //     the consumers 232 and the producer 40 (USETMAXREG in the SASS; __launch_bounds__ with a
 //     minimum of 1 block, without which ptxas may ignore it). Spills: none without dropout;
-//     with dropout (a template parameter, its own kernel) 212 bytes at head_dim 64, 8 at 128.
+//     with dropout (a template parameter, its own kernel) 212 bytes at head_dim 64, 12 at 128
+//     (8 before the bulk form's branch).
 //   What it took: dQ's wgmma issued before dV's and dK's (the other way round, ptxas serialized
 //     the wgmmas for lack of registers, C7512); P and dS rounded to 16 bits once, right after
 //     they are computed, so that the fp32 tiles are dead before the gradient MMAs are issued;
@@ -47,6 +54,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/attention/attention_problem.h"
@@ -54,6 +62,7 @@
 #include "backend/cuda/attention/flash_bwd_sm90_kernel.cuh"
 #include "backend/cuda/attention/flash_sm90_host.h"
 #include "backend/cuda/cuda_check.h"
+#include "core/error.h"
 
 namespace mh::cuda {
 
@@ -69,14 +78,32 @@ void launch(const AttnProblem& pr, const Sm90BwdParams<T>& p, cudaStream_t s) {
                         "flash_attention_bwd_sm90");
   set_smem_limit_once(flash_bwd_sm90_kernel<T, D, kDropout>, C::kSmemBytes);
   const dim3 grid((pr.max_len_k + C::kBN - 1) / C::kBN, pr.heads, pr.batch);
-  flash_bwd_sm90_kernel<T, D, kDropout><<<grid, C::kThreads, C::kSmemBytes, s>>>(p);
+  const int smem = p.dq_bulk ? C::kSmemBytes : C::kSmemBytes - C::kDqBytes;  // dQ's buffer last
+  flash_bwd_sm90_kernel<T, D, kDropout><<<grid, C::kThreads, smem, s>>>(p);
   MH_CUDA_CHECK_LAUNCH();
+}
+
+// How dQ reaches the fp32 accumulator (sequences of more than 128 keys), for tuning runs
+// (tools/gpu/check.sh times both; the default follows the measurements):
+//   MH_HOPPER_BWD_DQ=atomic (default): float2 atomics by the consumer threads;
+//   MH_HOPPER_BWD_DQ=bulk: stored to shared memory, added by one warp with a bulk reduction per
+//     row (FlashAttention-3's way; 2026-11-29, emulator-checked, not yet run on a GPU).
+bool dq_bulk() {
+  static const bool bulk = [] {
+    const char* env = std::getenv("MH_HOPPER_BWD_DQ");
+    const std::string v = env ? env : "";
+    if (!v.empty() && v != "atomic" && v != "bulk")
+      user_error("MH_HOPPER_BWD_DQ=", v,
+                 ": expected atomic or bulk (how the Hopper backward adds dQ up)");
+    return v == "bulk";
+  }();
+  return bulk;
 }
 
 template <typename T, int D>
 void launch(const AttnProblem& pr, const AttnBwdIO& io, const BwdScratch& w, cudaStream_t s) {
   const Sm90BwdParams<T> p = sm90_bwd_params<T, D>(
-      pr, io, w.dq_acc, w.dsum, w.dq_direct,
+      pr, io, w.dq_acc, w.dsum, w.dq_direct, dq_bulk(),
       [&](const TmaSpec& t) { return encode_tma(t, pr.dtype, "flash_attention_bwd_sm90"); });
   if (p.dropout)
     launch<T, D, true>(pr, p, s);

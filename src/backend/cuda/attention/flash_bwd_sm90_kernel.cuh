@@ -38,6 +38,10 @@ struct Sm90Bwd {
   // Byte offsets from the 1024-byte aligned base of dynamic shared memory; every tile is 128B
   // swizzled, in 64-column blocks of [rows][64].
   static constexpr int kKVBytes = kBN * D * 2, kQBytes = kBM * D * 2, kDsBytes = kBM * kBN * 2;
+  // dQ of a step in fp32 for the bulk reduction (dq_bulk), [kBM][D] with rows kDqStride bytes
+  // apart: 8 floats of padding put the rows that a warp's float2 stores reach in one pass (its
+  // four g values) on different banks; each row stays contiguous, one bulk copy.
+  static constexpr int kDqStride = (D + 8) * 4;
   static constexpr int kK = 0;                            // [kBN][D]
   static constexpr int kV = kK + kKVBytes;                // [kBN][D]
   static constexpr int kQ = kV + kKVBytes;                // kStages × [kBM][D]
@@ -46,7 +50,16 @@ struct Sm90Bwd {
   static constexpr int kLse = kDs + 2 * kDsBytes;         // kStages × [kBM] fp32, base 2
   static constexpr int kDsum = kLse + kStages * kBM * 4;  // kStages × [kBM] fp32
   static constexpr int kBar = kDsum + kStages * kBM * 4;  // kv_full, full[], empty[]
-  static constexpr int kSmemBytes = 1024 + kBar + 8 * (1 + 2 * kStages);  // + alignment slack
+  // [kBM][D + 8] fp32 (dq_bulk), last, so that the atomic form launches without it; its rows
+  // 16-byte aligned for the bulk copies.
+  static constexpr int kDq = (kBar + 8 * (1 + 2 * kStages) + 15) / 16 * 16;
+  static constexpr int kDqBytes = kBM * kDqStride;
+  static constexpr int kSmemBytes = 1024 + kDq + kDqBytes;  // + alignment slack
+  // Named barriers (0 is the block's): the consumers' dS exchange, and the dQ buffer's
+  // handshake with the warp that reduces it into global memory (dq_bulk): full when the
+  // consumers have stored a step's dQ, empty when the bulk copies have read it.
+  static constexpr int kBarDs = 1, kBarDqFull = 2, kBarDqEmpty = 3;
+  static constexpr int kDqHandshake = kConsumers + 32;  // the consumers and the writer warp
 };
 
 constexpr int sm90_bwd_threads() {
@@ -61,13 +74,16 @@ struct Sm90BwdParams : FlashShape {
   float* dq_acc;           // [total_q, H·D] fp32, zeroed (unless dq_direct)
   T *dq, *dk, *dv;
   bool dq_direct;  // dQ's rows are stored to dq (each from one block), not added to dq_acc
+  bool dq_bulk;    // (not with dq_direct) dQ reaches dq_acc through shared memory and a bulk
+                   // reduction by the producer warpgroup's second warp, not by fp32 atomics
 };
 
 // The kernel's arguments (host code; the launcher encodes each TmaSpec into a CUtensorMap, the
 // emulation uses the spec itself).
 template <typename T, int D, typename Encode>
 inline Sm90BwdParams<T> sm90_bwd_params(const AttnProblem& pr, const AttnBwdIO& io, float* dq_acc,
-                                        const float* dsum, bool dq_direct, Encode&& encode) {
+                                        const float* dsum, bool dq_direct, bool dq_bulk,
+                                        Encode&& encode) {
   using C = Sm90Bwd<T, D>;
   Sm90BwdParams<T> p;
   static_cast<FlashShape&>(p) = flash_shape(pr);
@@ -80,6 +96,7 @@ inline Sm90BwdParams<T> sm90_bwd_params(const AttnProblem& pr, const AttnBwdIO& 
   p.dq_acc = dq_acc;
   p.dq = static_cast<T*>(io.dq);
   p.dq_direct = dq_direct;
+  p.dq_bulk = dq_bulk && !dq_direct;
   p.dk = static_cast<T*>(io.dk);
   p.dv = static_cast<T*>(io.dv);
   return p;
@@ -112,6 +129,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
   auto sQ = [&](int s) { return reinterpret_cast<T*>(smem + C::kQ + s * C::kQBytes); };
   auto sDo = [&](int s) { return reinterpret_cast<T*>(smem + C::kDo + s * C::kQBytes); };
   auto sDs = [&](int buf) { return smem + C::kDs + buf * C::kDsBytes; };
+  float* sDq = reinterpret_cast<float*>(smem + C::kDq);
   float* sLse = reinterpret_cast<float*>(smem + C::kLse);
   float* sDsum = reinterpret_cast<float*>(smem + C::kDsum);
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + C::kBar);
@@ -153,8 +171,30 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
   }
   block_sync();
 
-  if (warp >= 8) {  // the producer warpgroup: its first warp loads, the other three leave
+  if (warp >= 8) {  // the producer warpgroup: its first warp loads, its second reduces dQ into
+                    // global memory (dq_bulk), the others leave
     setmaxnreg_dec<C::kProducerRegs>();
+    if (warp == 9 && p.dq_bulk) {
+      // Per step: wait for the consumers' dQ in sDq, add each of its rows in the sequence to
+      // dq_acc with one bulk reduction (D fp32, contiguous), and free the buffer once they have
+      // been read. The buffer starts free; the last step's is never waited for, so the arrivals
+      // match the consumers' waits (one per step).
+      named_bar_arrive(C::kBarDqEmpty, C::kDqHandshake);
+      for (int it = 0; it < n_steps; ++it) {
+        const int m0 = m_begin + it * kBM;
+        named_bar_sync(C::kBarDqFull, C::kDqHandshake);
+        for (int r = lane; r < kBM && m0 + r < sr.len_q; r += 32)
+          bulk_reduce_add_f32(p.dq_acc + (sr.q0 + m0 + r) * rs + h * D,
+                              reinterpret_cast<unsigned char*>(sDq) + r * C::kDqStride, D * 4);
+        bulk_commit();
+        if (it + 1 < n_steps) {
+          bulk_wait_read<0>();
+          named_bar_arrive(C::kBarDqEmpty, C::kDqHandshake);
+        }
+      }
+      bulk_wait<0>();  // the additions done before the block's shared memory goes
+      return;
+    }
     if (warp != 8) return;
     if (lane == 0) {
       mbar_arrive_expect_tx(kv_full, 2 * C::kKVBytes);
@@ -203,7 +243,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
     zero_tile_rows<D>(reinterpret_cast<unsigned char*>(sK), kBN, sr.len_k - n0, tid, C::kConsumers);
     zero_tile_rows<D>(reinterpret_cast<unsigned char*>(sV), kBN, sr.len_k - n0, tid, C::kConsumers);
     fence_proxy_async();
-    named_bar_sync(1, C::kConsumers);
+    named_bar_sync(C::kBarDs, C::kConsumers);
   }
 
   for (int it = 0; it < n_steps; ++it) {
@@ -215,7 +255,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
       zero_tile_rows<D>(reinterpret_cast<unsigned char*>(sDo(s)), kBM, sr.len_q - m0, tid,
                         C::kConsumers);
       fence_proxy_async();
-      named_bar_sync(1, C::kConsumers);
+      named_bar_sync(C::kBarDs, C::kConsumers);
     }
     const uint32_t q_addr = smem_addr(sQ(s)), do_addr = smem_addr(sDo(s));
 
@@ -329,7 +369,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
 
     // dQ[m0 .. m0 + kBM) += dS K over the block's 128 keys (both warpgroups' dS): this warpgroup's
     // 64 × 64 share, A = dS (K-major), B = K read MN-major ([keys][D], keys = k).
-    named_bar_sync(1, C::kConsumers);
+    named_bar_sync(C::kBarDs, C::kConsumers);
     const int dq_row = wg * C::kDqRows, dq_col = wg * C::kDqCol;
     float dq[32];
     const uint32_t ds_addr = smem_addr(sDs(buf)) + dq_row * 128;
@@ -354,26 +394,44 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
                         1);
     wgmma_commit();
 
-    // fp32 atomics into the accumulator (blocks of other keys add to the same rows), in pairs,
-    // as soon as dQ's group is done (it was issued first), while dV and dK still run. Where this
-    // block holds every key of the sequence (dq_direct: sentences of up to 128 tokens), dQ is
-    // complete here and stored rounded, without the accumulator, its zeroing and its conversion.
+    // dQ leaves as soon as its group is done (it was issued first), while dV and dK still run:
+    //  - dq_direct (this block holds every key of the sequence: sentences of up to 128 tokens):
+    //    dQ is complete here and stored rounded, without the accumulator, its zeroing and its
+    //    conversion;
+    //  - dq_bulk: into sDq, for the writer warp's bulk reductions (FlashAttention-3's way: the
+    //    consumers store to shared memory, the copy engine adds whole rows to global memory);
+    //  - otherwise fp32 atomics into the accumulator (blocks of other keys add to the same rows),
+    //    in pairs.
     wgmma_wait<1>();
     fence_regs(dq);
+    if (p.dq_bulk) {
+      named_bar_sync(C::kBarDqEmpty, C::kDqHandshake);  // the last step's rows have been read
+      unsigned char* row0 =
+          reinterpret_cast<unsigned char*>(sDq) + (dq_row + 16 * w + g) * C::kDqStride;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int ql = dq_row + 16 * w + g + 8 * r;
-      if (m0 + ql >= sr.len_q) continue;
-      const int64_t at = (sr.q0 + m0 + ql) * rs + h * D + dq_col + 2 * t4;
-      if (p.dq_direct) {
-#pragma unroll
-        for (int dt = 0; dt < 8; ++dt)
-          *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
-              pack2<T>(dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
-      } else {
+      for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int dt = 0; dt < 8; ++dt)
-          atomic_add2(p.dq_acc + at + dt * 8, dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
+          smem_store_f32x2(row0 + 8 * r * C::kDqStride + (dq_col + dt * 8 + 2 * t4) * 4,
+                           dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
+      fence_proxy_async();  // the stores, to the bulk copies' reads (async proxy)
+      named_bar_arrive(C::kBarDqFull, C::kDqHandshake);
+    } else {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int ql = dq_row + 16 * w + g + 8 * r;
+        if (m0 + ql >= sr.len_q) continue;
+        const int64_t at = (sr.q0 + m0 + ql) * rs + h * D + dq_col + 2 * t4;
+        if (p.dq_direct) {
+#pragma unroll
+          for (int dt = 0; dt < 8; ++dt)
+            *reinterpret_cast<uint32_t*>(p.dq + at + dt * 8) =
+                pack2<T>(dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
+        } else {
+#pragma unroll
+          for (int dt = 0; dt < 8; ++dt)
+            atomic_add2(p.dq_acc + at + dt * 8, dq[4 * dt + 2 * r], dq[4 * dt + 2 * r + 1]);
+        }
       }
     }
     wgmma_wait<0>();

@@ -1,8 +1,8 @@
 // Device helpers of the Hopper (sm_90a) attention kernels (flash_fwd_sm90.cu, flash_bwd_sm90.cu):
 // wgmma (the warpgroup's asynchronous tensor-core MMA, operands from shared memory through matrix
 // descriptors, or A from registers), mbarriers with transaction counts, the bulk tensor copy
-// (TMA: cp.async.bulk.tensor, tiled, 128-byte swizzle), the async-proxy fence, stmatrix and
-// setmaxnreg.
+// (TMA: cp.async.bulk.tensor, tiled, 128-byte swizzle), the bulk reduction of shared memory into
+// global (cp.reduce.async.bulk), named barriers, the async-proxy fence, stmatrix and setmaxnreg.
 //
 // Layouts used (PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Operation",
 // sections "Register Fragments and Shared Memory Matrix Layouts" and "Matrix Descriptor Format"):
@@ -164,6 +164,40 @@ __device__ __forceinline__ void fence_proxy_async() {
 // Barrier `id` (1..15; 0 is __syncthreads) among `count` threads (a multiple of 32).
 __device__ __forceinline__ void named_bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+// Arrives at barrier `id` without waiting (the producer side of a producer/consumer pair whose
+// other side waits with named_bar_sync; `count` is the same total).
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+// Two floats stored to shared memory (generic proxy; a bulk copy reads them after
+// fence_proxy_async and a barrier).
+__device__ __forceinline__ void smem_store_f32x2(void* p, float a, float b) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(smem_addr(p)), "f"(a), "f"(b) : "memory");
+}
+
+// --- bulk reduction to global memory, sm_90 (PTX ISA "cp.reduce.async.bulk",
+// "cp.async.bulk.commit_group", "cp.async.bulk.wait_group") ------------------------------------
+// dst[i] += src[i] for `bytes` / 4 floats (the add is atomic per element), src in shared memory;
+// both addresses 16-byte aligned, bytes a multiple of 16. Completion per thread, in bulk groups.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const void* src, uint32_t bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+      "r"(smem_addr(src)), "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// Until at most N of this thread's bulk groups are still reading their shared-memory source.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+// Until at most N of this thread's bulk groups are incomplete (their writes done).
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // --- stmatrix (PTX ISA "stmatrix"), sm_90 -------------------------------------------------------
