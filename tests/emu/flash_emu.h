@@ -168,6 +168,9 @@ inline int block_z() {
 inline void block_sync() {
   emu::self.block->block_bar.arrive_and_wait();
 }
+inline int warp_index() {
+  return emu::self.tid >> 5;
+}
 inline float shfl_xor(float v, int lane_mask) {
   emu::WarpScratch& ws = emu::scratch();
   const int l = emu::lane();

@@ -142,7 +142,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
   // 0); packed batches have no such rows.
   const int k_rows = p.cu_q ? sr.len_k : p.max_len_k;
   if (n0 >= k_rows) return;
-  const int tid = thread_x(), warp = tid >> 5, lane = tid & 31;
+  const int tid = thread_x(), warp = warp_index(), lane = tid & 31;
   const int64_t rs = static_cast<int64_t>(p.heads) * D;
   T* dkg = p.dk + (sr.k0 + n0) * rs + h * D;
   T* dvg = p.dv + (sr.k0 + n0) * rs + h * D;
@@ -218,7 +218,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
         const bool ok = m0 + r < sr.len_q;
         const int64_t at = h * p.total_q + sr.q0 + m0 + r;
         sLse[s * kBM + r] = ok ? p.lse[at] * kLog2e : INFINITY;
-        sDsum[s * kBM + r] = ok ? p.dsum[at] : 0.f;
+        sDsum[s * kBM + r] = ok ? p.dsum[at] * p.scale : 0.f;  // D · scale: see dSᵀ below
       }
       mbar_arrive(&full[s]);  // releases this lane's stores
     }
@@ -264,12 +264,12 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
     float st[kBM / 2], dpt[kBM / 2];
     // acc = A Bᵀ over D: A this warpgroup's 64 rows of a [kBN][D] tile, B a [kBM][D] tile.
     auto keys_x_queries = [&](float(&acc)[kBM / 2], uint32_t a_addr, uint32_t b_addr) {
+      const uint64_t da = smem_desc_sw128(a_addr, 16, 1024), db = smem_desc_sw128(b_addr, 16, 1024);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t off = (kk % 4) * 32;
-        const uint64_t da = smem_desc_sw128(a_addr + (kk / 4) * kBN * 128 + off, 16, 1024);
-        const uint64_t db = smem_desc_sw128(b_addr + (kk / 4) * kBM * 128 + off, 16, 1024);
-        wgmma_ss<T, kBM, 0>(acc, da, db, kk > 0);
+        wgmma_ss<T, kBM, 0>(acc, desc_advance(da, (kk / 4) * kBN * 128 + off),
+                            desc_advance(db, (kk / 4) * kBM * 128 + off), kk > 0);
       }
       wgmma_commit();
     };
@@ -301,28 +301,51 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
     const float* dsum_s = sDsum + s * kBM;
     const bool all_visible =
         key0 + 64 <= sr.len_k && m0 + kBM <= sr.len_q && (!p.causal || key0 + 63 <= m0);
+    // Each masked element's exponential is computed and then replaced by 0 (a select, so an
+    // infinite exp of a masked score does no harm): no predicated MUFU per element, whose
+    // bookkeeping cost more than the exps it skipped. The row pairs' lse and D are one 8-byte
+    // load each, and D arrives multiplied by scale (the producer's lanes), so that
+    // dSᵀ = Pᵀ ∘ (dP∘Z · scale − D · scale) is one FFMA and one FMUL per element.
     auto p_and_ds = [&](auto masked, auto dropout) {
+      // Masked: this lane's key row r sees the queries m0 + c with vis_lo[r] <= c < vis_hi[r]
+      // (causal: c >= key - m0; a key past the sequence sees none), c a constant of the unrolled
+      // loop: two compares with immediates per element.
+      int vis_lo[2] = {-1, -1}, vis_hi[2] = {0, 0};
+      if constexpr (decltype(masked)::value) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int key = key0 + 16 * w + g + 8 * r;
+          vis_lo[r] = p.causal ? key - m0 : -1;
+          vis_hi[r] = key < sr.len_k ? sr.len_q - m0 : 0;
+        }
+      }
       wgmma_wait<1>();
       fence_regs(st);
 #pragma unroll
       for (int nt = 0; nt < kBM / 8; ++nt) {
         const int ql = nt * 8 + 2 * t4;
-        const float lse0 = lse_s[ql], lse1 = lse_s[ql + 1];
+        float lse0, lse1;
+        load_f32x2(lse_s + ql, lse0, lse1);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int key = key0 + 16 * w + g + 8 * (e >> 1), q = m0 + ql + (e & 1);
-          const bool visible = !decltype(masked)::value ||
-                               (key < sr.len_k && q < sr.len_q && (!p.causal || key <= q));
-          st[4 * nt + e] =
-              visible ? exp2_fast(st[4 * nt + e] * p.scale_log2 - (e & 1 ? lse1 : lse0)) : 0.f;
+          const float x = exp2_fast(st[4 * nt + e] * p.scale_log2 - (e & 1 ? lse1 : lse0));
+          if constexpr (decltype(masked)::value) {
+            const int c = ql + (e & 1), r = e >> 1;
+            st[4 * nt + e] = c >= vis_lo[r] && c < vis_hi[r] ? x : 0.f;
+          } else {
+            st[4 * nt + e] = x;
+          }
         }
       }
       wgmma_wait<0>();
       fence_regs(dpt);
+      // dP∘Z · scale: with dropout, Z's 1 / (1 - p) and the scale are one factor.
+      const float g_scale = decltype(dropout)::value ? p.scale * p.drop_scale : p.scale;
 #pragma unroll
       for (int nt = 0; nt < kBM / 8; ++nt) {
         const int ql = nt * 8 + 2 * t4;
-        const float d0 = dsum_s[ql], d1 = dsum_s[ql + 1];
+        float d0, d1;
+        load_f32x2(dsum_s + ql, d0, d1);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float pr = st[4 * nt + e];
@@ -330,10 +353,10 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
           if constexpr (decltype(dropout)::value) {
             const int i = 4 * nt + e;
             const bool kept = (keep >> i) & 1u;
-            g_val = kept ? g_val * p.drop_scale : 0.f;
+            g_val = kept ? g_val : 0.f;
             p_used = kept ? pr * p.drop_scale : 0.f;
           }
-          dpt[4 * nt + e] = pr * (g_val - (e & 1 ? d1 : d0)) * p.scale;
+          dpt[4 * nt + e] = pr * fmaf(g_val, g_scale, -(e & 1 ? d1 : d0));
           st[4 * nt + e] = p_used;
         }
       }
@@ -372,26 +395,25 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
     named_bar_sync(C::kBarDs, C::kConsumers);
     const int dq_row = wg * C::kDqRows, dq_col = wg * C::kDqCol;
     float dq[32];
-    const uint32_t ds_addr = smem_addr(sDs(buf)) + dq_row * 128;
+    const uint64_t ds_desc = smem_desc_sw128(smem_addr(sDs(buf)) + dq_row * 128, 16, 1024);
+    const uint64_t k_desc =
+        smem_desc_sw128(smem_addr(sK) + (dq_col / 64) * kBN * 128, kBN * 128, 1024);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint64_t da = smem_desc_sw128(ds_addr + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024);
-      const uint64_t db = smem_desc_sw128(smem_addr(sK) + (dq_col / 64) * kBN * 128 + kk * 16 * 128,
-                                          kBN * 128, 1024);
-      wgmma_ss<T, 64, 1>(dq, da, db, kk > 0);
-    }
+    for (int kk = 0; kk < kBN / 16; ++kk)
+      wgmma_ss<T, 64, 1>(dq, desc_advance(ds_desc, (kk / 4) * kBM * 128 + (kk % 4) * 32),
+                         desc_advance(k_desc, kk * 16 * 128), kk > 0);
     wgmma_commit();
     // dV += (P∘Z)ᵀ dO and dK += dSᵀ Q: A from registers (the accumulators' column tiles 2k, 2k+1
     // are the A operand of k-step k), B = dO, Q read MN-major ([queries][D], queries = k).
+    const uint64_t do_desc = smem_desc_sw128(do_addr, kBM * 128, 1024),
+                   q_desc = smem_desc_sw128(q_addr, kBM * 128, 1024);
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk)
-      wgmma_rs<T, D, 1>(dv, p_frag[kk], smem_desc_sw128(do_addr + kk * 16 * 128, kBM * 128, 1024),
-                        1);
+      wgmma_rs<T, D, 1>(dv, p_frag[kk], desc_advance(do_desc, kk * 16 * 128), 1);
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk)
-      wgmma_rs<T, D, 1>(dk, ds_frag[kk], smem_desc_sw128(q_addr + kk * 16 * 128, kBM * 128, 1024),
-                        1);
+      wgmma_rs<T, D, 1>(dk, ds_frag[kk], desc_advance(q_desc, kk * 16 * 128), 1);
     wgmma_commit();
 
     // dQ leaves as soon as its group is done (it was issued first), while dV and dK still run:

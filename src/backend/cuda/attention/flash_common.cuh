@@ -84,6 +84,13 @@ __device__ __forceinline__ int block_z() {
 __device__ __forceinline__ void block_sync() {
   __syncthreads();
 }
+// threadIdx.x / 32, known to the compiler as the same in every lane (a shuffle from lane 0):
+// values derived from it (a warpgroup's shared-memory offsets, wgmma descriptors) then live in
+// uniform registers, instead of being moved into them (R2UR) before every wgmma. All 32 lanes must
+// be active.
+__device__ __forceinline__ int warp_index() {
+  return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 5, 0);
+}
 __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
@@ -155,6 +162,19 @@ __device__ __forceinline__ void cp_async_wait_group() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 #endif  // !MH_FLASH_EMU
+
+// p[0], p[1] as one 8-byte load (p 8-byte aligned): per-row statistics of a pair of columns.
+MH_FLASH_FN void load_f32x2(const float* p, float& a, float& b) {
+#if defined(MH_FLASH_EMU)
+  assert(reinterpret_cast<uintptr_t>(p) % 8 == 0 && "load_f32x2 needs 8-byte alignment");
+  a = p[0];
+  b = p[1];
+#else
+  const float2 v = *reinterpret_cast<const float2*>(p);
+  a = v.x;
+  b = v.y;
+#endif
+}
 
 template <typename T>
 MH_FLASH_FN uint32_t pack2(float lo, float hi);

@@ -96,7 +96,7 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
   const int b = block_z(), h = block_y(), m0 = block_x() * kBM;
   const SeqRows sr = seq_rows(b, p.cu_q, p.cu_k, p.key_len, p.max_len_q, p.max_len_k);
   if (m0 >= sr.len_q) return;  // packed: this sequence is shorter than the longest
-  const int tid = thread_x(), warp = tid >> 5, lane = tid & 31;
+  const int tid = thread_x(), warp = warp_index(), lane = tid & 31;
   const int64_t rs = static_cast<int64_t>(p.heads) * D;  // elements between token rows
   T* og = p.o + (sr.q0 + m0) * rs + h * D;
   float* lse = p.lse + h * p.total_q + sr.q0 + m0;
@@ -178,13 +178,13 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
   // commit group, not waited for).
   auto issue_s = [&](int nb) {
     const int s = nb % C::kStages;
+    const uint64_t da = smem_desc_sw128(q_addr, 16, 1024),
+                   db = smem_desc_sw128(smem_addr(sK(s)), 16, 1024);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t col_block = (kk / 4), k_off = (kk % 4) * 32;
-      const uint64_t da = smem_desc_sw128(q_addr + col_block * kBM * 128 + k_off, 16, 1024);
-      const uint64_t db =
-          smem_desc_sw128(smem_addr(sK(s)) + col_block * BN * 128 + k_off, 16, 1024);
-      wgmma_ss<T, BN, 0>(sc, da, db, kk > 0);
+      wgmma_ss<T, BN, 0>(sc, desc_advance(da, col_block * kBM * 128 + k_off),
+                         desc_advance(db, col_block * BN * 128 + k_off), kk > 0);
     }
     wgmma_commit();
   };
@@ -193,11 +193,10 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
   // apart (one commit group, not waited for).
   auto issue_pv = [&](int nb, const uint32_t(&pa)[BN / 16][4]) {
     const int s = nb % C::kStages;
+    const uint64_t db = smem_desc_sw128(smem_addr(sV(s)), BN * 128, 1024);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint64_t db = smem_desc_sw128(smem_addr(sV(s)) + kk * 16 * 128, BN * 128, 1024);
-      wgmma_rs<T, D, 1>(acc, pa[kk], db, 1);
-    }
+    for (int kk = 0; kk < BN / 16; ++kk)
+      wgmma_rs<T, D, 1>(acc, pa[kk], desc_advance(db, kk * 16 * 128), 1);
     wgmma_commit();
   };
   // The online softmax of tile nb in sc: mask, the running max and sum of this lane's two rows

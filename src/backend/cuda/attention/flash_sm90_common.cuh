@@ -87,6 +87,15 @@ MH_FLASH_FN uint64_t smem_desc_sw128(uint32_t smem_byte_addr, uint32_t lbo_bytes
          (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3fff) << 16) |
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3fff) << 32) | (uint64_t{1} << 62);
 }
+// The same descriptor for an operand `bytes` (a multiple of 16) further on: one 32-bit add to the
+// start address field, where smem_desc_sw128 of the new address costs a shift, a mask and ORs
+// per wgmma (a sixth of the backward's instructions per step were such descriptor arithmetic).
+// Shared-memory addresses are below 2^18, so the field (address >> 4, 14 bits) never carries
+// into the leading byte offset: the result equals smem_desc_sw128(address + bytes, ...).
+MH_FLASH_FN uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
+  return (desc & 0xffffffff00000000ull) | lo;
+}
 
 }  // namespace mh::cuda::flash
 
