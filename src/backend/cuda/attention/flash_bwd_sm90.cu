@@ -42,8 +42,8 @@
 //   registers: ptxas reports the launch's 168 per thread (64 Ki / 384); setmaxnreg then gives
 //     the consumers 232 and the producer 40 (USETMAXREG in the SASS; __launch_bounds__ with a
 //     minimum of 1 block, without which ptxas may ignore it). Spills: none without dropout;
-//     with dropout (a template parameter, its own kernel) 236 bytes at head_dim 64, 16 at 128
-//     (212 and 8 before the bulk form's branch and the changes below).
+//     with dropout (a template parameter, its own kernel) 20 bytes at head_dim 64, 12 at 128
+//     (212 and 8 before the changes below).
 //   What it took: dQ's wgmma issued before dV's and dK's (the other way round, ptxas serialized
 //     the wgmmas for lack of registers, C7512); P and dS rounded to 16 bits once, right after
 //     they are computed, so that the fp32 tiles are dead before the gradient MMAs are issued;
@@ -53,12 +53,13 @@
 //   Instructions per query step (2026-11-29, SASS of bf16 head_dim 64 without dropout, per
 //   consumer warp; two such warps share each SM sub-partition's issue slot, so with the tensor
 //   cores' ~2.6k cycles per step the issue rate bounds it): the path without a mask 932 -> 660,
-//   the masked one 1300 -> 895. From: wgmma descriptors made once per step and advanced by one
+//   the masked one 1300 -> 865. From: wgmma descriptors made once per step and advanced by one
 //   add (desc_advance), the warp index shuffled from lane 0 (warp_index) so that they live in
 //   uniform registers instead of being moved there before every wgmma, lse and D read as pairs,
 //   D pre-multiplied by the scale (dSᵀ one FFMA and one FMUL per element, not FADD and two
-//   FMUL), and the mask as two compares with constants per element. Spills with dropout grew to
-//   236 bytes (head_dim 64) and 16 (128).
+//   FMUL), and the mask as two compares with constants per element (the lane's query offset
+//   folded into its two bounds per key row). Spills with dropout fell to 20 bytes (head_dim 64)
+//   and 12 (128).
 //   The sm_80 pass compiles a 4-register stub that traps.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

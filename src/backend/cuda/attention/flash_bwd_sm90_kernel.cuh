@@ -307,16 +307,16 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
     // load each, and D arrives multiplied by scale (the producer's lanes), so that
     // dSᵀ = Pᵀ ∘ (dP∘Z · scale − D · scale) is one FFMA and one FMUL per element.
     auto p_and_ds = [&](auto masked, auto dropout) {
-      // Masked: this lane's key row r sees the queries m0 + c with vis_lo[r] <= c < vis_hi[r]
-      // (causal: c >= key - m0; a key past the sequence sees none), c a constant of the unrolled
-      // loop: two compares with immediates per element.
+      // Masked: this lane's key row r sees the queries m0 + 2·t4 + c with vis_lo[r] <= c <
+      // vis_hi[r] (causal: at or after the key; a key past the sequence sees none), c = 8·nt +
+      // e % 2 a constant of the unrolled loop: two compares with immediates per element.
       int vis_lo[2] = {-1, -1}, vis_hi[2] = {0, 0};
       if constexpr (decltype(masked)::value) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int key = key0 + 16 * w + g + 8 * r;
-          vis_lo[r] = p.causal ? key - m0 : -1;
-          vis_hi[r] = key < sr.len_k ? sr.len_q - m0 : 0;
+          vis_lo[r] = p.causal ? key - m0 - 2 * t4 : -1;
+          vis_hi[r] = key < sr.len_k ? sr.len_q - m0 - 2 * t4 : 0;
         }
       }
       wgmma_wait<1>();
@@ -330,7 +330,7 @@ flash_bwd_sm90_kernel(const MH_GRID_CONSTANT Sm90BwdParams<T> p) {
         for (int e = 0; e < 4; ++e) {
           const float x = exp2_fast(st[4 * nt + e] * p.scale_log2 - (e & 1 ? lse1 : lse0));
           if constexpr (decltype(masked)::value) {
-            const int c = ql + (e & 1), r = e >> 1;
+            const int c = nt * 8 + (e & 1), r = e >> 1;
             st[4 * nt + e] = c >= vis_lo[r] && c < vis_hi[r] ? x : 0.f;
           } else {
             st[4 * nt + e] = x;

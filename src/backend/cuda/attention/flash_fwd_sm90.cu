@@ -58,6 +58,11 @@
 // mbarriers). The plain form with BN = 128 spilled (168 registers, ptxas caps 288-thread blocks
 // there: 136-424 bytes of stack), hence its BN = 64. The sm_80 pass compiles a 4-register stub
 // that traps.
+// 2026-11-29 (not yet run on a GPU; emulator-checked): the wgmma descriptors of a tile built once
+// and advanced by one add (desc_advance), the warp index shuffled from lane 0 (warp_index), and
+// an edge or diagonal tile's mask as one compare with a constant per score (the row's limit
+// with the lane's column offset folded in): the overlapped form's mask block 262 -> 144 SASS
+// instructions (bf16, head_dim 64); no spills in any instantiation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -214,13 +214,18 @@ flash_fwd_sm90_kernel(const MH_GRID_CONSTANT Sm90FwdParams<T> p) {
     const float scale = p.scale_log2;
     // A tile whose every key is valid and (causal) at or before the block's first query needs no
     // mask: the per-element compares are spent only at the edges and the diagonal.
+    // Row r sees the columns n0 + 2·t4 + c with c < lim[r] (c = (i / 4)·8 + i % 2, a constant of
+    // the unrolled loop): one compare with an immediate per element.
     if (n0 + BN > sr.len_k || (p.causal && n0 + BN - 1 > m0)) {
+      int lim[2];
 #pragma unroll
-      for (int i = 0; i < BN / 2; ++i) {
-        const int row = m0 + ((i & 2) ? r_hi : r_lo), col = n0 + (i / 4) * 8 + 2 * t4 + (i & 1);
-        const bool visible = col < sr.len_k && (!p.causal || col <= row);
-        if (!visible) sc[i] = -INFINITY;
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + (r ? r_hi : r_lo);
+        lim[r] = (p.causal ? imin(sr.len_k, row + 1) : sr.len_k) - n0 - 2 * t4;
       }
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i)
+        if ((i / 4) * 8 + (i & 1) >= lim[(i >> 1) & 1]) sc[i] = -INFINITY;
     }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
