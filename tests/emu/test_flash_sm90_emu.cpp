@@ -268,6 +268,21 @@ struct DelayedWarpgroup {
   DelayedWarpgroup& operator=(const DelayedWarpgroup&) = delete;
 };
 
+// Two runs' gradients bit for bit (`a` and `b` name the runs in the message).
+template <typename T>
+void expect_same_gradients(const std::vector<T>& dq1, const std::vector<T>& dk1,
+                           const std::vector<T>& dv1, const std::vector<T>& dq2,
+                           const std::vector<T>& dk2, const std::vector<T>& dv2, const char* a,
+                           const char* b) {
+  for (size_t i = 0; i < dq1.size(); ++i)
+    ASSERT_EQ(bits_of(dq1[i]), bits_of(dq2[i]))
+        << "dQ[" << i << "]: " << a << " " << to_f(dq1[i]) << ", " << b << " " << to_f(dq2[i]);
+  for (size_t i = 0; i < dk1.size(); ++i) {
+    ASSERT_EQ(bits_of(dk1[i]), bits_of(dk2[i])) << "dK[" << i << "]";
+    ASSERT_EQ(bits_of(dv1[i]), bits_of(dv2[i])) << "dV[" << i << "]";
+  }
+}
+
 // The Hopper forward into o and lse (sized, and poisoned as the caller wants), as its launcher runs
 // it.
 template <typename T, int D, int BN = 64, int NWG = 2, bool OVL = false>
@@ -489,13 +504,7 @@ TEST(FlashSm90Emu, HopperBackwardStoredDqEqualsAccumulated) {
     std::vector<T> dq1, dk1, dv1, dq2, dk2, dv2;
     run_sm90_backward(c, o, lse, dq1, dk1, dv1);
     run_sm90_backward(c, o, lse, dq2, dk2, dv2, /*accumulate=*/true);
-    for (size_t i = 0; i < dq1.size(); ++i)
-      ASSERT_EQ(bits_of(dq1[i]), bits_of(dq2[i]))
-          << "dQ[" << i << "]: stored " << to_f(dq1[i]) << ", accumulated " << to_f(dq2[i]);
-    for (size_t i = 0; i < dk1.size(); ++i) {
-      ASSERT_EQ(bits_of(dk1[i]), bits_of(dk2[i])) << "dK[" << i << "]";
-      ASSERT_EQ(bits_of(dv1[i]), bits_of(dv2[i])) << "dV[" << i << "]";
-    }
+    expect_same_gradients(dq1, dk1, dv1, dq2, dk2, dv2, "stored", "accumulated");
   };
   check(std::pair<__nv_bfloat16, std::integral_constant<int, 64>>{},
         {"stored dQ padded", 1, {100, 100, 100}, {100, 40, 0}, false, 0}, 60);
@@ -511,8 +520,14 @@ TEST(FlashSm90Emu, HopperBackwardStoredDqEqualsAccumulated) {
 TEST(FlashSm90Emu, HopperBackwardBulkDq) {
   run_case<__nv_bfloat16, 64, 64, 2>(
       {"bulk dQ steps d64", 1, {300, 300}, {300, 150}, false, 0, false, true}, 70, true);
-  run_case<__nv_bfloat16, 128, 64, 2>({"bulk dQ dropout causal packed d128", 1, {70, 129, 200},
-                                       {70, 129, 200}, true, 0.3f, true, true},
+  run_case<__nv_bfloat16, 128, 64, 2>({"bulk dQ dropout causal packed d128",
+                                       1,
+                                       {70, 129, 200},
+                                       {70, 129, 200},
+                                       true,
+                                       0.3f,
+                                       true,
+                                       true},
                                       73, true);
 }
 
@@ -536,13 +551,7 @@ TEST(FlashSm90Emu, HopperBackwardBulkDqEqualsAtomic) {
       const DelayedWarpgroup delayed(late);
       run_sm90_backward(c, o, lse, dq2, dk2, dv2, /*accumulate=*/true, /*bulk=*/true);
     }
-    for (size_t i = 0; i < dq1.size(); ++i)
-      ASSERT_EQ(bits_of(dq1[i]), bits_of(dq2[i]))
-          << "dQ[" << i << "]: atomic " << to_f(dq1[i]) << ", bulk " << to_f(dq2[i]);
-    for (size_t i = 0; i < dk1.size(); ++i) {
-      ASSERT_EQ(bits_of(dk1[i]), bits_of(dk2[i])) << "dK[" << i << "]";
-      ASSERT_EQ(bits_of(dv1[i]), bits_of(dv2[i])) << "dV[" << i << "]";
-    }
+    expect_same_gradients(dq1, dk1, dv1, dq2, dk2, dv2, "atomic", "bulk");
   };
   using Bf64 = std::pair<__nv_bfloat16, std::integral_constant<int, 64>>;
   using H128 = std::pair<__half, std::integral_constant<int, 128>>;
