@@ -13,41 +13,34 @@ foreach(src ${MH_CUDA_TESTS})
                                              MH_BINARY_DIR="${CMAKE_BINARY_DIR}")
   gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS gpu)
 endforeach()
-# The custom backward's other head_dim-64 tiling (128 keys per block, chosen by
-# MH_FLASH_BWD_KEYS=128 for tuning runs): the launcher tests and the dropout test again with it.
-gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "bwd_keys128."
-                     TEST_FILTER "Attention/FlashLaunchers.*:AttentionDropout.MatchesCpuF64WithTheSameSeed"
-                     PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_BWD_KEYS=128)
-# The head_dim-64 backward in FlashAttention-2's layout (MH_FLASH_BWD=tiles, for tuning runs): the
-# launcher tests at head_dim 64 and the dropout test again with it.
-gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "bwd_tiles."
-                     TEST_FILTER "Attention/FlashLaunchers.*d64:AttentionDropout.MatchesCpuF64WithTheSameSeed"
-                     PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_BWD=tiles)
-# The head_dim-64 forward's other tilings (MH_FLASH_FWD_TILE, for tuning runs): the launcher
-# tests at head_dim 64 again with each.
+# A tuning variant of a kernel (an environment switch, docs/gpu.md): `exe`'s tests matching
+# `filter` again, as `prefix`.*, with `env` set.
+function(mh_gpu_variant_tests exe prefix filter env)
+  gtest_discover_tests(${exe} DISCOVERY_TIMEOUT 60 TEST_PREFIX "${prefix}." TEST_FILTER "${filter}"
+                       PROPERTIES LABELS gpu ENVIRONMENT ${env})
+endfunction()
+set(MH_FLASH_DROPOUT_TEST "AttentionDropout.MatchesCpuF64WithTheSameSeed")
+# The custom backward's other head_dim-64 tiling (128 keys per block): the launcher tests and the
+# dropout test.
+mh_gpu_variant_tests(test_attention bwd_keys128 "Attention/FlashLaunchers.*:${MH_FLASH_DROPOUT_TEST}"
+                     MH_FLASH_BWD_KEYS=128)
+# The head_dim-64 backward in FlashAttention-2's layout: the launcher tests at head_dim 64 and the
+# dropout test.
+mh_gpu_variant_tests(test_attention bwd_tiles "Attention/FlashLaunchers.*d64:${MH_FLASH_DROPOUT_TEST}"
+                     MH_FLASH_BWD=tiles)
+# The head_dim-64 forward's other tilings: the launcher tests at head_dim 64 with each.
 foreach(tile 64x128 128x64 128x128)
-  gtest_discover_tests(test_attention DISCOVERY_TIMEOUT 60 TEST_PREFIX "fwd_tile${tile}."
-                       TEST_FILTER "Attention/FlashLaunchers.*d64"
-                       PROPERTIES LABELS gpu ENVIRONMENT MH_FLASH_FWD_TILE=${tile})
+  mh_gpu_variant_tests(test_attention fwd_tile${tile} "Attention/FlashLaunchers.*d64"
+                       MH_FLASH_FWD_TILE=${tile})
 endforeach()
-
-# The Hopper forward with one consumer warpgroup per block (64 query rows, MH_HOPPER_FWD_WG=1, for
-# tuning runs): its launcher tests again (they skip off sm_90).
-gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_wg1."
-                     TEST_FILTER "Attention/HopperLaunchers.*"
-                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD_WG=1)
-# The overlapped Hopper forward (MH_HOPPER_FWD=overlap: FlashAttention-3's intra-warpgroup
-# overlap, 128-key tiles, setmaxnreg), for tuning runs: the launcher tests again.
-gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_overlap."
-                     TEST_FILTER "Attention/HopperLaunchers.*"
-                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD=overlap)
-# ... and with three consumer warpgroups (MH_HOPPER_FWD_WG=3 selects the overlapped form; 192-row
-# blocks at head_dim 64, 128 keeps two).
-gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_overlap3."
-                     TEST_FILTER "Attention/HopperLaunchers.*"
-                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_FWD_WG=3)
-# The Hopper backward with dQ added up by bulk reductions (MH_HOPPER_BWD_DQ=bulk: shared memory
-# and one warp's cp.reduce.async.bulk instead of the consumers' atomics), for tuning runs.
-gtest_discover_tests(test_attention_sm90 DISCOVERY_TIMEOUT 60 TEST_PREFIX "hopper_dqbulk."
-                     TEST_FILTER "Attention/HopperLaunchers.*"
-                     PROPERTIES LABELS gpu ENVIRONMENT MH_HOPPER_BWD_DQ=bulk)
+# The Hopper kernels' variants: their launcher tests (they skip off sm_90) with
+#   MH_HOPPER_FWD_WG=1:        the forward with one consumer warpgroup (64-row blocks);
+#   MH_HOPPER_FWD=overlap:     FlashAttention-3's intra-warpgroup overlap (128-key tiles);
+#   MH_HOPPER_FWD_WG=3:        the overlapped form with three consumer warpgroups (head_dim 64);
+#   MH_HOPPER_BWD_DQ=bulk:     the backward's dQ added up by bulk reductions, not atomics.
+foreach(variant "hopper_wg1;MH_HOPPER_FWD_WG=1" "hopper_overlap;MH_HOPPER_FWD=overlap"
+        "hopper_overlap3;MH_HOPPER_FWD_WG=3" "hopper_dqbulk;MH_HOPPER_BWD_DQ=bulk")
+  list(GET variant 0 prefix)
+  list(GET variant 1 env)
+  mh_gpu_variant_tests(test_attention_sm90 ${prefix} "Attention/HopperLaunchers.*" ${env})
+endforeach()
