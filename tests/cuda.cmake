@@ -22,12 +22,12 @@ endfunction()
 set(MH_FLASH_DROPOUT_TEST "AttentionDropout.MatchesCpuF64WithTheSameSeed")
 # The custom backward's other head_dim-64 tiling (128 keys per block): the launcher tests and the
 # dropout test.
-mh_gpu_variant_tests(test_attention bwd_keys128 "Attention/FlashLaunchers.*:${MH_FLASH_DROPOUT_TEST}"
-                     MH_FLASH_BWD_KEYS=128)
+mh_gpu_variant_tests(test_attention bwd_keys128
+                     "Attention/FlashLaunchers.*:${MH_FLASH_DROPOUT_TEST}" MH_FLASH_BWD_KEYS=128)
 # The head_dim-64 backward in FlashAttention-2's layout: the launcher tests at head_dim 64 and the
 # dropout test.
-mh_gpu_variant_tests(test_attention bwd_tiles "Attention/FlashLaunchers.*d64:${MH_FLASH_DROPOUT_TEST}"
-                     MH_FLASH_BWD=tiles)
+mh_gpu_variant_tests(test_attention bwd_tiles
+                     "Attention/FlashLaunchers.*d64:${MH_FLASH_DROPOUT_TEST}" MH_FLASH_BWD=tiles)
 # The head_dim-64 forward's other tilings: the launcher tests at head_dim 64 with each.
 foreach(tile 64x128 128x64 128x128)
   mh_gpu_variant_tests(test_attention fwd_tile${tile} "Attention/FlashLaunchers.*d64"
